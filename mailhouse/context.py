@@ -1,0 +1,26 @@
+"""What every listener of a running server shares."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .auth.service import Authenticator
+from .config import Config
+from .store.base import Store
+
+
+@dataclass
+class Context:
+    config: Config
+    store: Store
+    auth: Authenticator
+    tls: ssl.SSLContext | None
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: Counter[str] = field(default_factory=Counter)  # per client IP
+
+    @property
+    def total_connections(self) -> int:
+        return sum(self.connections.values())

@@ -1,0 +1,464 @@
+"""The asyncio side of the SMTP server: sockets in, the sans-I/O machine, decisions.
+
+The protocol object only moves bytes (BufferedProtocol: no allocation per read);
+one task per connection pulls events from `mailhouse.smtp.server` and takes the
+decisions that need the store: recipients, logins, the durable commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import log
+from ..context import Context
+from ..delivery.assemble import Assembler
+from ..delivery.recipients import resolve
+from ..delivery.trace import TLSInfo, protocol_name, received_header, return_path_header
+from ..ids import new_queue_id
+from ..mime.structure import analyze
+from ..smtp import server as sm
+from ..smtp.grammar import format_reply
+from ..store.base import BlobWriter, StoreError
+from ..store.models import Incoming, LocalTarget, RemoteTarget
+
+logger = log.get("smtpd")
+
+READ_SIZE = 64 * 1024
+MAX_BUFFERED_INPUT = 1024 * 1024
+SHUTDOWN_GRACE = 10.0
+ANALYZE_INLINE_MAX = 256 * 1024
+
+
+@dataclass
+class Transaction:
+    queue_id: str
+    sender: str
+    params: dict[str, str | None]
+    local: list[LocalTarget] = field(default_factory=list)
+    remote: list[RemoteTarget] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    blob: BlobWriter | None = None
+    assembler: Assembler | None = None
+    started: float = field(default_factory=time.time)
+
+
+class SMTPSession(asyncio.BufferedProtocol):
+    def __init__(
+        self, ctx: Context, listener: str, *, implicit_tls: bool, registry: set[SMTPSession] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.listener = listener
+        self.submission = listener in ("submission", "submissions")
+        self.implicit_tls = implicit_tls
+        lim = ctx.config.limits
+        self.machine = sm.ServerConnection(
+            sm.ServerConfig(
+                hostname=ctx.config.hostname,
+                submission=self.submission,
+                tls_available=ctx.tls is not None,
+                max_message_size=lim.max_message_size,
+                max_recipients=lim.max_recipients,
+                max_errors=lim.max_errors,
+            ),
+            tls_active=implicit_tls,
+        )
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._wake = asyncio.Event()
+        self._tls_pending: list[bytes] | None = None
+        self._paused = False
+        self._lost = False
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = "unknown"
+        self.helo = ""
+        self.esmtp = False
+        self.tls: TLSInfo | None = None
+        self.auth_user: str | None = None
+        self.tx: Transaction | None = None
+        self.in_data = False
+        self.messages = 0
+        self.task: asyncio.Task[None] | None = None
+        self._counted = False
+
+    # ------------------------------------------------------------ protocol side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "unknown"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.implicit_tls:
+            self._note_tls(transport)
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = bytes(self._view[:nbytes])
+        if self._tls_pending is not None:
+            # Decrypted bytes can arrive before start_tls() returns (FIELD-NOTES):
+            # hold them until the machine knows TLS is on.
+            self._tls_pending.append(data)
+            return
+        self.machine.receive_data(data)
+        self._wake.set()
+        if self.machine.buffered_input > MAX_BUFFERED_INPUT and self.transport and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self._tls_pending is None:
+            self.machine.receive_data(b"")
+        self._wake.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake.set()
+
+    # ------------------------------------------------------------ session task
+    def _send(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        self._send(self.machine.data_to_send())
+
+    async def run(self) -> None:
+        ip = self.peer_ip
+        lim = self.ctx.config.limits
+        try:
+            if self.ctx.total_connections >= lim.max_connections:
+                self.machine.refuse(421, "4.7.0", f"{self.ctx.config.hostname} Error: too many connections")
+                self._flush()
+                logger.info("reject: connect from [%s] on %s: too many connections", ip, self.listener)
+                return
+            if self.ctx.connections[ip] >= lim.max_connections_per_ip:
+                self.machine.refuse(421, "4.7.0", f"{self.ctx.config.hostname} Error: too many connections from {ip}")
+                self._flush()
+                logger.info("reject: connect from [%s] on %s: too many connections from this address", ip, self.listener)
+                return
+            self.ctx.connections[ip] += 1
+            self._counted = True
+            logger.info("connect from [%s] on %s%s", ip, self.listener, " (TLS)" if self.implicit_tls else "")
+            self.machine.greet()
+            await self._loop()
+        except asyncio.CancelledError:
+            self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
+        except Exception:
+            logger.exception("session with [%s] failed", ip)
+            self._send(format_reply(421, "4.3.0", f"{self.ctx.config.hostname} Error: internal error, closing"))
+        finally:
+            if self.registry is not None:
+                self.registry.discard(self)
+            self._end_transaction("session ended")
+            if self._counted:
+                self.ctx.connections[ip] -= 1
+                if self.ctx.connections[ip] <= 0:
+                    del self.ctx.connections[ip]
+                logger.info("disconnect from [%s] helo=%s messages=%d", ip, self.helo or "-", self.messages)
+            if self.transport is not None:
+                self._flush_quietly()
+                self.transport.close()
+
+    def _flush_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self._flush()
+
+    async def _loop(self) -> None:
+        lim = self.ctx.config.limits
+        deadline = time.monotonic() + lim.command_timeout
+        data_deadline = 0.0
+        while True:
+            ev = self.machine.next_event()
+            if ev is sm.NEED_DATA:
+                self._flush()
+                if self.machine.closed or self._lost:
+                    return
+                if self._paused and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                now = time.monotonic()
+                limit = min(deadline, data_deadline) if self.in_data else deadline
+                if now >= limit:
+                    self._send(format_reply(421, "4.4.2", f"{self.ctx.config.hostname} Error: timeout exceeded"))
+                    logger.info("timeout after %s from [%s]", "DATA" if self.in_data else "command", self.peer_ip)
+                    return
+                if self.ctx.shutting_down.is_set() and not self.in_data:
+                    self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(limit - now, 1.0) if self.ctx.shutting_down.is_set() else limit - now):
+                        await self._wake.wait()
+                continue
+            if ev is sm.PAUSED:  # every decision is taken below before we ask again
+                raise RuntimeError("SMTP machine paused without a pending decision")
+            deadline = time.monotonic() + lim.command_timeout
+            if isinstance(ev, sm.DataStart):
+                data_deadline = time.monotonic() + lim.data_timeout
+            await self._handle(ev)
+            if self.machine.closed:
+                self._flush()
+                return
+
+    # ------------------------------------------------------------ decisions
+    async def _handle(self, ev: Any) -> None:
+        m = self.machine
+        if isinstance(ev, sm.DataChunk):
+            if self.tx is not None and self.tx.assembler is not None:
+                self.tx.assembler.feed(ev.data)
+        elif isinstance(ev, sm.Hello):
+            self.helo, self.esmtp = ev.name, ev.extended
+        elif isinstance(ev, sm.MailFrom):
+            self._end_transaction("new transaction")
+            self.tx = Transaction(new_queue_id(), ev.address, dict(ev.params))
+            m.accept()
+        elif isinstance(ev, sm.RcptTo):
+            self._rcpt(ev)
+        elif isinstance(ev, sm.DataStart):
+            self._data_start()
+        elif isinstance(ev, sm.DataComplete):
+            await self._data_complete()
+        elif isinstance(ev, sm.DataAborted):
+            self.in_data = False
+            if self.tx is not None:
+                logger.info("%s: message aborted from [%s]: %s", self.tx.queue_id, self.peer_ip, ev.reason)
+                self._discard_blob()
+        elif isinstance(ev, sm.AuthAttempt):
+            await self._auth(ev)
+        elif isinstance(ev, sm.StartTLS):
+            await self._starttls()
+        elif isinstance(ev, sm.Reset):
+            self._end_transaction("reset")
+        elif isinstance(ev, sm.Quit | sm.ConnectionClosed):
+            pass
+
+    def _rcpt(self, ev: sm.RcptTo) -> None:
+        m = self.machine
+        tx = self.tx
+        assert tx is not None
+        address = ev.address
+        res = resolve(self.ctx.store, address, orcpt=ev.params.get("ORCPT"), notify=ev.params.get("NOTIFY"))
+        if res.foreign and self.auth_user is None:
+            m.reject(554, "5.7.1", f"<{address}>: Relay access denied")
+            logger.info("%s: reject RCPT from [%s]: <%s> relay access denied", tx.queue_id, self.peer_ip, address)
+            return
+        if res.unknown:
+            m.reject(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in virtual mailbox table")
+            logger.info("%s: reject RCPT from [%s]: <%s> user unknown", tx.queue_id, self.peer_ip, address)
+            return
+        for t in res.local:
+            if all(x.account_id != t.account_id for x in tx.local):
+                tx.local.append(t)
+        for r in res.remote:
+            if all(x.address.lower() != r.address.lower() for x in tx.remote):
+                tx.remote.append(r)
+        tx.recipients.append(address)
+        m.accept()
+
+    def _data_start(self) -> None:
+        tx = self.tx
+        if tx is None:
+            return
+        self.in_data = True
+        now = time.time()
+        proto = protocol_name(esmtp=self.esmtp, tls=self.tls is not None, authenticated=self.auth_user is not None)
+        prefix = b""
+        if tx.local:
+            prefix += return_path_header(tx.sender)
+        prefix += received_header(
+            helo=self.helo, client_ip=self.peer_ip, hostname=self.ctx.config.hostname, protocol=proto,
+            queue_id=tx.queue_id, tls=self.tls, auth_user=self.auth_user,
+            recipient=tx.recipients[0] if len(tx.recipients) == 1 else None, when=now,
+        )
+        tx.blob = self.ctx.store.new_blob()
+        tx.assembler = Assembler(tx.blob, prefix, submission=self.submission, hostname=self.ctx.config.hostname)
+
+    async def _data_complete(self) -> None:
+        m = self.machine
+        tx = self.tx
+        self.in_data = False
+        if tx is None or tx.blob is None or tx.assembler is None:
+            m.reject(451, "4.3.0", "Error: no transaction")
+            return
+        tx.assembler.finish()
+        blob = tx.blob
+        try:
+            if blob.size > ANALYZE_INLINE_MAX:
+                parse = await asyncio.get_running_loop().run_in_executor(None, lambda: analyze(blob.view()))
+            else:
+                parse = analyze(blob.view())
+        except Exception:
+            logger.exception("%s: analysis failed", tx.queue_id)
+            parse = {}
+        summary = parse.get("summary", parse) if isinstance(parse, dict) else {}
+        message_id = summary.get("message_id") if isinstance(summary, dict) else None
+        if isinstance(message_id, str):
+            message_id = message_id.strip().removeprefix("<").removesuffix(">") or None
+        else:
+            message_id = None
+        received = {
+            "listener": self.listener,
+            "client_ip": self.peer_ip,
+            "helo": self.helo,
+            "tls": {"version": self.tls.version, "cipher": self.tls.cipher} if self.tls else None,
+            "auth_user": self.auth_user,
+            "sender": tx.sender,
+            "recipients": tx.recipients,
+            "size": blob.size,
+            "server": self.ctx.config.hostname,
+        }
+        params = tx.params
+        incoming = Incoming(
+            queue_id=tx.queue_id,
+            sender=tx.sender,
+            local=tx.local,
+            remote=tx.remote,
+            parse=parse,
+            message_id=message_id,
+            internal_date=time.time(),
+            events=[("received", received)],
+            ret=params.get("RET"),
+            envid=params.get("ENVID"),
+            body_type=params.get("BODY"),
+            smtputf8="SMTPUTF8" in params,
+            auth_user=self.auth_user,
+        )
+        try:
+            delivered = await self.ctx.store.deliver(blob, incoming)
+        except StoreError as e:
+            logger.warning("%s: not stored: %s", tx.queue_id, e)
+            m.reject(451, "4.3.0", "Error: local delivery failed, try again later")
+            self._end_transaction("store error")
+            return
+        except Exception:
+            logger.exception("%s: not stored", tx.queue_id)
+            m.reject(451, "4.3.0", "Error: local delivery failed, try again later")
+            self._end_transaction("store error")
+            return
+        tx.blob = None  # committed: the store owns it now
+        m.message_accepted(tx.queue_id)
+        self.messages += 1
+        logger.info(
+            "%s: from=<%s>, size=%d, nrcpt=%d, client=[%s], helo=%s, listener=%s%s%s, message-id=<%s>",
+            tx.queue_id, tx.sender, blob.size, len(tx.recipients), self.peer_ip, self.helo or "-", self.listener,
+            f", tls={self.tls.version}" if self.tls else "", f", sasl_username={self.auth_user}" if self.auth_user else "",
+            message_id or "",
+        )
+        for d in delivered:
+            logger.info("%s: to=<%s>, relay=local, folder=%s, uid=%d, status=delivered", tx.queue_id, d.address, d.folder, d.uid)
+        if tx.remote:
+            logger.info("%s: queued for %s", tx.queue_id, ", ".join(f"<{r.address}>" for r in tx.remote))
+        self.tx = None
+
+    async def _auth(self, ev: sm.AuthAttempt) -> None:
+        m = self.machine
+        if ev.authzid and ev.authzid.lower() != ev.username.lower():
+            m.auth_failed()
+            return
+        account = await self.ctx.auth.login(ev.username, ev.password)
+        if account is None:
+            logger.info("[%s]: %s authentication failed for %r", self.peer_ip, ev.mechanism, ev.username[:100])
+            m.auth_failed()
+            return
+        self.auth_user = account.address
+        logger.info("[%s]: authenticated as %s (%s)", self.peer_ip, account.address, ev.mechanism)
+        m.auth_succeeded()
+
+    async def _starttls(self) -> None:
+        self._flush()
+        transport = self.transport
+        if self.ctx.tls is None or transport is None:
+            raise RuntimeError("STARTTLS without a TLS context")
+        self._tls_pending = []
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(transport, self, self.ctx.tls, server_side=True)
+        except (ssl.SSLError, OSError, ConnectionError) as e:
+            logger.info("[%s]: TLS handshake failed: %s", self.peer_ip, e)
+            self._lost = True
+            self._tls_pending = None
+            return
+        if new_transport is None:
+            self._lost = True
+            return
+        self.transport = new_transport
+        self._note_tls(new_transport)
+        self.helo, self.esmtp = "", False
+        self.machine.tls_started()
+        pending, self._tls_pending = self._tls_pending, None
+        for chunk in pending or []:
+            self.machine.receive_data(chunk)
+        self._wake.set()
+
+    def _note_tls(self, transport: asyncio.BaseTransport) -> None:
+        obj = transport.get_extra_info("ssl_object")
+        if obj is not None:
+            cipher = obj.cipher()
+            self.tls = TLSInfo(obj.version() or "TLS", cipher[0] if cipher else "unknown")
+        else:
+            self.tls = TLSInfo("TLS", "unknown")
+
+    # ------------------------------------------------------------ cleanup
+    def _discard_blob(self) -> None:
+        if self.tx is not None and self.tx.blob is not None:
+            self.tx.blob.discard()
+            self.tx.blob = None
+            self.tx.assembler = None
+
+    def _end_transaction(self, why: str) -> None:
+        self.in_data = False
+        self._discard_blob()
+        self.tx = None
+
+
+class SMTPListener:
+    def __init__(self, ctx: Context, name: str, host: str, port: int) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.host = host
+        self.port = port
+        self.server: asyncio.base_events.Server | None = None
+        self.sessions: set[SMTPSession] = set()
+
+    async def start(self) -> None:
+        implicit = self.name == "submissions"
+        if implicit and self.ctx.tls is None:
+            raise RuntimeError("submissions needs TLS")
+
+        def factory() -> SMTPSession:
+            s = SMTPSession(self.ctx, self.name, implicit_tls=implicit, registry=self.sessions)
+            self.sessions.add(s)
+            return s
+
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            factory, self.host or None, self.port, ssl=self.ctx.tls if implicit else None,
+            reuse_address=True, backlog=1024,
+        )
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, grace: float = SHUTDOWN_GRACE) -> None:
+        tasks = [s.task for s in self.sessions if s.task is not None and not s.task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        self.sessions.clear()

@@ -1,0 +1,74 @@
+"""`mailhouse serve`: every configured listener and the queue in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from . import log
+from .auth.service import Authenticator
+from .config import UNBUILT_LISTENERS, Config, ConfigError
+from .context import Context
+from .net.smtp import SMTPListener
+from .net.tls import server_context
+from .store import open_store
+
+logger = log.get("serve")
+
+SMTP_LISTENERS = ("smtp", "submission", "submissions")
+
+
+def check_listeners(config: Config) -> None:
+    unbuilt = sorted(set(config.listen) & UNBUILT_LISTENERS)
+    if unbuilt:
+        raise ConfigError(
+            f"listener {unbuilt[0]!r} is not available in this version of mailhouse; "
+            f"remove [listen] {unbuilt[0]} from the configuration"
+        )
+    if not config.listen:
+        raise ConfigError("no listener configured: add a [listen] table (e.g. smtp = \"127.0.0.1:2525\")")
+
+
+async def serve(config: Config) -> None:
+    check_listeners(config)
+    store = await open_store(config)
+    try:
+        tls = server_context(config)
+        ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
+        listeners: list[SMTPListener] = []
+        for name in SMTP_LISTENERS:
+            if name in config.listen:
+                host, port = config.listen[name]
+                lst = SMTPListener(ctx, name, host, port)
+                try:
+                    await lst.start()
+                except OSError as e:
+                    raise ConfigError(f"cannot listen on {host}:{port} for {name}: {e.strerror}") from None
+                listeners.append(lst)
+                logger.info("listening for %s on %s:%d", name, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        logger.info("mailhouse ready: hostname=%s data_dir=%s", config.hostname, config.data_dir)
+        await stop.wait()
+        logger.info("shutting down: no new connections; finishing sessions in flight")
+        ctx.shutting_down.set()
+        for lst in listeners:
+            lst.stop_accepting()
+        await asyncio.gather(*(lst.drain() for lst in listeners))
+    finally:
+        await store.close()
+    logger.info("stopped")
+
+
+def run(config: Config) -> None:
+    log.setup()
+    try:
+        import uvloop
+    except ImportError:  # optional: stock asyncio works, at a higher CPU cost per read
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

@@ -1,0 +1,164 @@
+"""The one store interface. Everything above it (SMTP, queue, IMAP, web, CLI) talks to
+this and never to SQLite or PostgreSQL directly.
+
+Writes are durable when their coroutine returns: committed and fsync'd.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+
+from .models import (
+    Account,
+    Alias,
+    Delivered,
+    Domain,
+    Folder,
+    Incoming,
+    JourneyEvent,
+    LocalTarget,
+    Message,
+    QueueEntry,
+)
+
+
+class StoreError(Exception):
+    """A refused store operation, worded for the user (e.g. "domain x exists")."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class BlobWriter(abc.ABC):
+    """The bytes of one message as they arrive, before they are committed.
+
+    Small messages stay in memory; large ones spill to a spool file so a 25 MB
+    message never sits in memory whole.
+    """
+
+    size: int
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def head(self, n: int) -> bytes:
+        """The first n bytes written (for header inspection)."""
+
+    @abc.abstractmethod
+    def view(self) -> memoryview:
+        """All bytes written so far, without copying (mmap for spooled data)."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Drop everything; the writer is unusable afterwards."""
+
+
+class Store(abc.ABC):
+    """Persistent state of one mailhouse node."""
+
+    # ---- lifecycle
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # ---- domains
+    @abc.abstractmethod
+    async def add_domain(self, name: str, *, exist_ok: bool = False) -> Domain: ...
+
+    @abc.abstractmethod
+    async def remove_domain(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_domains(self) -> list[Domain]: ...
+
+    @abc.abstractmethod
+    def is_local_domain(self, name: str) -> bool:
+        """Fast, non-blocking: is mail for this domain delivered here?"""
+
+    # ---- accounts
+    @abc.abstractmethod
+    async def add_account(self, address: str, password_hash: str) -> Account: ...
+
+    @abc.abstractmethod
+    async def remove_account(self, address: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_password(self, address: str, password_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_accounts(self) -> list[Account]: ...
+
+    @abc.abstractmethod
+    def find_account(self, address: str) -> Account | None:
+        """Fast, non-blocking lookup by exact (lower-cased) address."""
+
+    # ---- aliases
+    @abc.abstractmethod
+    async def add_alias(self, address: str, targets: list[str]) -> Alias: ...
+
+    @abc.abstractmethod
+    async def remove_alias(self, address: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_aliases(self) -> list[Alias]: ...
+
+    @abc.abstractmethod
+    def find_alias(self, address: str) -> Alias | None:
+        """Fast, non-blocking lookup; `@domain` finds the catch-all."""
+
+    # ---- folders and messages
+    @abc.abstractmethod
+    async def list_folders(self, account_id: int) -> list[Folder]: ...
+
+    @abc.abstractmethod
+    async def get_folder(self, account_id: int, name: str) -> Folder | None: ...
+
+    @abc.abstractmethod
+    async def list_messages(self, folder_id: int) -> list[Message]: ...
+
+    @abc.abstractmethod
+    async def get_message(self, folder_id: int, uid: int) -> Message | None: ...
+
+    @abc.abstractmethod
+    async def read_blob(self, blob_id: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def new_blob(self) -> BlobWriter: ...
+
+    @abc.abstractmethod
+    async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:
+        """Make a received message durable: its bytes once, a message row in each
+        local target's folder, a queue entry for the remote targets, the journey
+        events; all in one commit shared with concurrent deliveries."""
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        target: LocalTarget,
+        raw: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+    ) -> Delivered:
+        """Store a message given whole (import, IMAP APPEND, Sent copies)."""
+
+    # ---- queue and journey
+    @abc.abstractmethod
+    async def list_queue(self) -> list[QueueEntry]: ...
+
+    @abc.abstractmethod
+    async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
+
+    @abc.abstractmethod
+    async def add_event(
+        self, queue_id: str, kind: str, data: dict[str, object], message_id: str | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def journey(self, ident: str) -> list[JourneyEvent]:
+        """Events of one message by queue id or Message-ID, oldest first."""

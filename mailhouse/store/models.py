@@ -1,0 +1,186 @@
+"""The records the store hands out and takes in; plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# IMAP system flags as stored: one bit each, so "UNSEEN" is an integer test.
+FLAG_BITS: dict[str, int] = {
+    "\\Seen": 1,
+    "\\Answered": 2,
+    "\\Flagged": 4,
+    "\\Deleted": 8,
+    "\\Draft": 16,
+}
+
+SPECIAL_FOLDERS: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+def flags_to_bits(flags: set[str] | frozenset[str]) -> tuple[int, str]:
+    """Split IMAP flags into the system-flag bit set and the keyword string."""
+    bits = 0
+    keywords: list[str] = []
+    for f in flags:
+        for name, bit in FLAG_BITS.items():
+            if f.lower() == name.lower():
+                bits |= bit
+                break
+        else:
+            if not f.startswith("\\"):
+                keywords.append(f)
+    return bits, " ".join(sorted(set(keywords)))
+
+
+def bits_to_flags(bits: int, keywords: str) -> set[str]:
+    out = {name for name, bit in FLAG_BITS.items() if bits & bit}
+    out.update(k for k in keywords.split() if k)
+    return out
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: int
+    name: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    address: str
+    domain: str
+    password_hash: str
+    created: float
+    quota: int | None = None
+
+
+@dataclass(frozen=True)
+class Alias:
+    address: str
+    targets: list[str]
+
+
+@dataclass(frozen=True)
+class Folder:
+    id: int
+    account_id: int
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    folder_id: int
+    uid: int
+    internal_date: float
+    size: int
+    flags: set[str]
+    modseq: int
+    queue_id: str | None
+    message_id: str | None
+    parse: dict[str, Any]
+    blob_id: int
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    """One mailbox a received message goes into."""
+
+    account_id: int
+    address: str  # the account's address
+    recipient: str  # the envelope recipient that led here
+    folder: str = "INBOX"
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """One recipient the queue must send to."""
+
+    address: str
+    orcpt: str | None = None
+    notify: str | None = None
+
+
+@dataclass
+class Incoming:
+    """A received message, ready to be made durable in one commit."""
+
+    queue_id: str
+    sender: str
+    local: list[LocalTarget]
+    remote: list[RemoteTarget]
+    parse: dict[str, Any]
+    message_id: str | None
+    internal_date: float
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ret: str | None = None
+    envid: str | None = None
+    body_type: str | None = None
+    smtputf8: bool = False
+    auth_user: str | None = None
+    flags: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    account_id: int
+    address: str
+    folder: str
+    uid: int
+
+
+@dataclass(frozen=True)
+class QueueRecipient:
+    id: int
+    address: str
+    orcpt: str | None
+    notify: str | None
+    state: str
+    last_reply: str | None
+    updated: float | None
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: str
+    sender: str
+    message_id: str | None
+    created: float
+    next_attempt: float
+    attempts: int
+    held: bool
+    last_error: str | None
+    warned: bool
+    ret: str | None
+    envid: str | None
+    body_type: str | None
+    smtputf8: bool
+    auth_user: str | None
+    size: int
+    recipients: list[QueueRecipient]
+
+    @property
+    def pending(self) -> list[QueueRecipient]:
+        return [r for r in self.recipients if r.state in ("pending", "deferred")]
+
+
+@dataclass(frozen=True)
+class JourneyEvent:
+    queue_id: str
+    message_id: str | None
+    time: float
+    kind: str
+    data: dict[str, Any]

@@ -1,0 +1,128 @@
+"""The SQLite store: group commit, bodies inline and in files, reference counting."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from mailhouse.store.base import StoreError
+from mailhouse.store.models import Incoming, LocalTarget, RemoteTarget
+from mailhouse.store.sqlite import INLINE_MAX, SQLiteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "data")
+    await s.open()
+    await s.add_domain("example.test")
+    yield s  # type: ignore[misc]
+    await s.close()
+
+
+def incoming(qid: str, account_id: int, address: str, remote: list[str] | None = None) -> Incoming:
+    return Incoming(
+        queue_id=qid, sender="a@example.org",
+        local=[LocalTarget(account_id, address, address)] if account_id else [],
+        remote=[RemoteTarget(r) for r in remote or []],
+        parse={"summary": {"subject": qid}}, message_id=f"{qid}@x", internal_date=1.0,
+        events=[("received", {"client_ip": "127.0.0.1"})],
+    )
+
+
+async def test_accounts_get_special_folders(store: SQLiteStore) -> None:
+    acc = await store.add_account("Bob@Example.test", "hash")
+    assert acc.address == "bob@example.test"
+    folders = await store.list_folders(acc.id)
+    assert [f.name for f in folders][0] == "INBOX"
+    assert {f.special_use for f in folders} == {None, "\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"}
+    assert store.find_account("BOB@example.test") == acc
+    with pytest.raises(StoreError):
+        await store.add_account("bob@example.test", "hash")
+    with pytest.raises(StoreError):
+        await store.add_account("x@unknown.test", "hash")
+
+
+async def test_concurrent_deliveries_share_commits(store: SQLiteStore) -> None:
+    acc = await store.add_account("bob@example.test", "h")
+    blobs = []
+    for i in range(200):
+        b = store.new_blob()
+        b.write(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        blobs.append(b)
+    before = store.commits
+    results = await asyncio.gather(
+        *(store.deliver(b, incoming(f"Q{i}", acc.id, acc.address)) for i, b in enumerate(blobs))
+    )
+    assert sorted(r[0].uid for r in results) == list(range(1, 201))
+    assert store.commits - before < 100  # group commit: far fewer commits than messages
+    inbox = await store.get_folder(acc.id, "inbox")
+    assert inbox is not None and inbox.uidnext == 201
+    msgs = await store.list_messages(inbox.id)
+    assert len(msgs) == 200
+    assert await store.read_blob(msgs[7].blob_id) == b"Subject: %d\r\n\r\nbody\r\n" % int(msgs[7].queue_id[1:])  # type: ignore[index]
+    events = await store.journey("Q3")
+    assert [e.kind for e in events] == ["received", "delivered"]
+    assert (await store.journey("<Q3@x>"))[0].queue_id == "Q3"
+
+
+async def test_large_body_goes_to_a_file_and_is_removed_with_its_last_user(store: SQLiteStore) -> None:
+    acc = await store.add_account("bob@example.test", "h")
+    b = store.new_blob()
+    big = b"Subject: big\r\n\r\n" + b"x" * (INLINE_MAX + 10)
+    b.write(big[:1000])
+    b.write(big[1000:])
+    assert b.spooled and b.path is not None and b.path.exists()
+    assert bytes(b.view()[:14]) == b"Subject: big\r\n"
+    (d,) = await store.deliver(b, incoming("QBIG", acc.id, acc.address, remote=["x@far.test"]))
+    msg = await store.get_message((await store.get_folder(acc.id, "INBOX")).id, d.uid)  # type: ignore[union-attr]
+    assert msg is not None and await store.read_blob(msg.blob_id) == big
+    q = await store.list_queue()
+    assert [e.id for e in q] == ["QBIG"] and q[0].size == len(big) and q[0].pending[0].address == "x@far.test"
+    path = b.path
+    await store.remove_account(acc.address)
+    assert path.exists()  # the queue entry still holds it
+
+
+async def test_discarded_blob_leaves_nothing(store: SQLiteStore) -> None:
+    b = store.new_blob()
+    b.write(b"x" * (INLINE_MAX + 1))
+    path = b.path
+    assert path is not None and path.exists()
+    b.discard()
+    assert not path.exists()
+
+
+async def test_aliases(store: SQLiteStore) -> None:
+    await store.add_account("bob@example.test", "h")
+    await store.add_alias("@example.test", ["bob@example.test"])
+    assert store.find_alias("@example.test") is not None
+    with pytest.raises(StoreError):
+        await store.add_alias("bob@example.test", ["x@y.test"])
+    await store.remove_alias("@example.test")
+    assert await store.list_aliases() == []
+
+
+async def test_append_and_flags(store: SQLiteStore) -> None:
+    acc = await store.add_account("bob@example.test", "h")
+    d = await store.append(
+        LocalTarget(acc.id, acc.address, acc.address, "Archive"), b"Subject: x\r\n\r\ny\r\n",
+        flags={"\\Seen", "$Label1"}, internal_date=1234.0,
+    )
+    assert d.folder == "Archive" and d.uid == 1
+    folder = await store.get_folder(acc.id, "Archive")
+    assert folder is not None
+    m = await store.get_message(folder.id, 1)
+    assert m is not None and m.flags == {"\\Seen", "$Label1"} and m.internal_date == 1234.0
+
+
+async def test_reopen_keeps_everything(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "d")
+    await s.open()
+    await s.add_domain("example.test")
+    await s.close()
+    s2 = SQLiteStore(tmp_path / "d")
+    await s2.open()
+    assert [d.name for d in await s2.list_domains()] == ["example.test"]
+    await s2.close()
