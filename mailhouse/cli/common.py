@@ -37,6 +37,6 @@ def read_password(args: argparse.Namespace) -> str | None:
 
 def check_address(address: str) -> str:
     local, _, domain = address.rpartition("@")
-    if not local or not domain or " " in address or "." not in domain and domain != "localhost":
+    if not local or not domain or " " in address or ("." not in domain and domain != "localhost"):
         raise CommandError(f"{address!r} is not an address like user@example.org")
     return address.lower()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..config import Config, ConfigError, load_config
 
-Handler = Callable[[Config, argparse.Namespace], Awaitable[int | None]]
+Handler = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int | None]]
 
 
 class CommandError(Exception):
@@ -29,7 +29,7 @@ def _password_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import admin, mailbox, quickstart, queue
+    from . import admin, mailbox, queue, quickstart
 
     parser = argparse.ArgumentParser(
         prog="mailhouse", description="mailhouse: a complete Internet mail system in one process."
@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(g, "show", queue.cmd_show, "a queued message's envelope, recipients and attempts")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
+    cmd(g, "retry", queue.cmd_retry, "retry ID now; with no ID, everything").add_argument("id", nargs="?")
+    cmd(g, "delete", queue.cmd_delete, "remove a queued message without a bounce").add_argument("id")
+    cmd(g, "hold", queue.cmd_hold, "keep a message from being sent until released").add_argument("id")
+    cmd(g, "release", queue.cmd_release, "let a held message go").add_argument("id")
     return parser
 
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run(config)
             return 0
-        result = asyncio.run(handler(config, args))
+        result: int | None = asyncio.run(handler(config, args))
         return int(result or 0)
     except (CommandError, ConfigError) as e:
         print(f"mailhouse: {e}", file=sys.stderr)

@@ -74,3 +74,31 @@ async def cmd_show(config: Config, args: argparse.Namespace) -> None:
         print(f"last error: {e.last_error}")
     for r in e.recipients:
         print(f"  <{r.address}>  {r.state}{'  ' + r.last_reply if r.last_reply else ''}")
+
+
+async def cmd_retry(config: Config, args: argparse.Namespace) -> None:
+    async with store_for(config) as store:
+        if args.id:
+            await store.update_queue_entry(args.id, next_attempt=time.time())
+            print(f"{args.id}: will be retried now")
+        else:
+            n = await store.retry_all(time.time())
+            print(f"{n} message(s) will be retried now")
+
+
+async def cmd_delete(config: Config, args: argparse.Namespace) -> None:
+    async with store_for(config) as store:
+        await store.delete_queue_entry(args.id)
+    print(f"{args.id}: deleted (no bounce is sent)")
+
+
+async def cmd_hold(config: Config, args: argparse.Namespace) -> None:
+    async with store_for(config) as store:
+        await store.update_queue_entry(args.id, held=True)
+    print(f"{args.id}: held; `mailhouse queue release {args.id}` lets it go")
+
+
+async def cmd_release(config: Config, args: argparse.Namespace) -> None:
+    async with store_for(config) as store:
+        await store.update_queue_entry(args.id, held=False, next_attempt=time.time())
+    print(f"{args.id}: released")

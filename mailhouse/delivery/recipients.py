@@ -40,7 +40,7 @@ def resolve(
 ) -> Resolution:
     """Resolve one envelope recipient; fast lookups only, so it may run on the loop."""
     res = Resolution()
-    local, domain = split_address(address)
+    _local, domain = split_address(address)
     if not store.is_local_domain(domain):
         res.foreign = True
         res.remote.append(RemoteTarget(address, orcpt, notify))

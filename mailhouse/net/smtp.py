@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .. import log
 from ..context import Context
@@ -89,8 +89,8 @@ class SMTPSession(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ protocol side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if peer else "unknown"
         sock = transport.get_extra_info("socket")
@@ -140,12 +140,12 @@ class SMTPSession(asyncio.BufferedProtocol):
         lim = self.ctx.config.limits
         try:
             if self.ctx.total_connections >= lim.max_connections:
-                self.machine.refuse(421, "4.7.0", f"{self.ctx.config.hostname} Error: too many connections")
+                self.machine.refuse(421, "4.7.0", "Error: too many connections")
                 self._flush()
                 logger.info("reject: connect from [%s] on %s: too many connections", ip, self.listener)
                 return
             if self.ctx.connections[ip] >= lim.max_connections_per_ip:
-                self.machine.refuse(421, "4.7.0", f"{self.ctx.config.hostname} Error: too many connections from {ip}")
+                self.machine.refuse(421, "4.7.0", f"Error: too many connections from {ip}")
                 self._flush()
                 logger.info("reject: connect from [%s] on %s: too many connections from this address", ip, self.listener)
                 return

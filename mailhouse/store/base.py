@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from .models import (
     Account,
     Alias,
+    AttemptOutcome,
     Delivered,
     Domain,
     Folder,
@@ -153,6 +154,40 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
+
+    @abc.abstractmethod
+    async def due_queue(self, now: float, limit: int, exclude: set[str]) -> list[QueueEntry]:
+        """Entries whose next attempt is due and that are not held, oldest first."""
+
+    @abc.abstractmethod
+    async def next_queue_time(self) -> float | None:
+        """When the earliest non-held entry is due; None for an empty queue."""
+
+    @abc.abstractmethod
+    async def blob_source(self, blob_id: int) -> bytes | str:
+        """A message's bytes, or the path of the file holding them (large ones)."""
+
+    @abc.abstractmethod
+    async def finish_attempt(
+        self,
+        queue_id: str,
+        outcome: AttemptOutcome,
+        notices: list[tuple[BlobWriter, Incoming]],
+    ) -> bool:
+        """Record one attempt and enqueue/deliver its DSNs, in one commit; the entry is
+        removed once no recipient is pending. Returns True if it was removed."""
+
+    @abc.abstractmethod
+    async def update_queue_entry(
+        self, queue_id: str, *, held: bool | None = None, next_attempt: float | None = None
+    ) -> None:
+        """hold / release / retry; NotFound for an unknown id."""
+
+    @abc.abstractmethod
+    async def retry_all(self, now: float) -> int: ...
+
+    @abc.abstractmethod
+    async def delete_queue_entry(self, queue_id: str) -> None: ...
 
     @abc.abstractmethod
     async def add_event(

@@ -171,6 +171,7 @@ class QueueEntry:
     auth_user: str | None
     size: int
     recipients: list[QueueRecipient]
+    blob_id: int = 0
 
     @property
     def pending(self) -> list[QueueRecipient]:
@@ -184,3 +185,26 @@ class JourneyEvent:
     time: float
     kind: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecipientUpdate:
+    """The outcome of one delivery attempt for one queued recipient."""
+
+    recipient_id: int
+    state: str  # delivered / deferred / failed
+    reply: str | None
+
+
+@dataclass
+class AttemptOutcome:
+    """Everything one delivery attempt changes, committed together: recipient states,
+    the next try, journey events, and the DSNs it produced (so a message is never
+    removed before its notices are safely queued)."""
+
+    updates: list[RecipientUpdate]
+    next_attempt: float
+    last_error: str | None
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    warned: bool = False
+    count_attempt: bool = True

@@ -42,6 +42,7 @@ from .models import (
     SPECIAL_FOLDERS,
     Account,
     Alias,
+    AttemptOutcome,
     Delivered,
     Domain,
     Folder,
@@ -272,12 +273,12 @@ class SQLiteStore(Store):
                 if path:
                     with contextlib.suppress(OSError):
                         (self.blob_dir / path).unlink()
-            for j, r, e in results:
-                if e is None:
+            for j, r, err in results:
+                if err is None:
                     for hook in j.after_commit:
                         with contextlib.suppress(Exception):
                             hook()
-                self._settle(j, r, e)
+                self._settle(j, r, err)
         conn.close()
 
     @staticmethod
@@ -484,10 +485,17 @@ class SQLiteStore(Store):
         "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM folders"
     )
 
+    @staticmethod
+    def _folder(r: tuple[Any, ...]) -> Folder:
+        return Folder(
+            id=r[0], account_id=r[1], name=r[2], special_use=r[3], uidvalidity=r[4], uidnext=r[5],
+            highestmodseq=r[6], subscribed=bool(r[7]),
+        )
+
     async def list_folders(self, account_id: int) -> list[Folder]:
         return await self._read(
             lambda c: [
-                Folder(*r[:7], bool(r[7]))
+                self._folder(r)
                 for r in c.execute(self._FOLDER_SQL + " WHERE account_id = ? ORDER BY name != 'INBOX', name", (account_id,))
             ]
         )
@@ -495,7 +503,7 @@ class SQLiteStore(Store):
     async def get_folder(self, account_id: int, name: str) -> Folder | None:
         def fn(c: sqlite3.Connection) -> Folder | None:
             r = c.execute(self._FOLDER_SQL + " WHERE account_id = ? AND name = ?", (account_id, _folder_name(name))).fetchone()
-            return Folder(*r[:7], bool(r[7])) if r else None
+            return self._folder(r) if r else None
 
         return await self._read(fn)
 
@@ -531,7 +539,7 @@ class SQLiteStore(Store):
                 raise NotFound(f"no blob {blob_id}")
             if r[0] is not None:
                 return bytes(r[0])
-            return (self.blob_dir / r[1]).read_bytes()
+            return (self.blob_dir / str(r[1])).read_bytes()
 
         return await self._read(fn)
 
@@ -574,47 +582,57 @@ class SQLiteStore(Store):
         )
         return Delivered(target.account_id, target.address, fname, uid)
 
-    async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:
+    def _deliver_tx(self, c: sqlite3.Connection, blob: SpoolBlob, incoming: Incoming, parse_json: str) -> list[Delivered]:
+        now = _now()
+        blob_id = self._insert_blob(c, blob)
+        out = [
+            self._insert_message(
+                c, t, blob_id, blob.size, parse_json, incoming.internal_date, incoming.flags,
+                incoming.queue_id, incoming.message_id,
+            )
+            for t in incoming.local
+        ]
+        if incoming.remote:
+            c.execute(
+                "INSERT INTO queue(id, blob_id, sender, message_id, created, next_attempt, ret, envid, "
+                "body_type, smtputf8, auth_user) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (incoming.queue_id, blob_id, incoming.sender, incoming.message_id, now, now,
+                 incoming.ret, incoming.envid, incoming.body_type, int(incoming.smtputf8), incoming.auth_user),
+            )
+            c.executemany(
+                "INSERT INTO queue_recipients(queue_id, address, orcpt, notify, updated) VALUES (?,?,?,?,?)",
+                [(incoming.queue_id, r.address, r.orcpt, r.notify, now) for r in incoming.remote],
+            )
+        events = list(incoming.events)
+        events += [("delivered", {"account": d.address, "folder": d.folder, "uid": d.uid}) for d in out]
+        if incoming.remote:
+            events.append(("queued", {"recipients": [r.address for r in incoming.remote]}))
+        self._insert_events(c, incoming.queue_id, incoming.message_id, events, now)
+        return out
+
+    @staticmethod
+    def _insert_events(
+        c: sqlite3.Connection, queue_id: str, message_id: str | None,
+        events: list[tuple[str, dict[str, Any]]], now: float,
+    ) -> None:
+        c.executemany(
+            "INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)",
+            [(queue_id, message_id, now, k, json.dumps(d)) for k, d in events],
+        )
+
+    async def _prepare(self, blob: BlobWriter) -> SpoolBlob:
         assert isinstance(blob, SpoolBlob)
         if blob.spooled:
             await asyncio.get_running_loop().run_in_executor(None, blob.sync)
+        return blob
+
+    async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:
+        sb = await self._prepare(blob)
         parse_json = json.dumps(incoming.parse, separators=(",", ":"))
-        now = _now()
-
-        def fn(c: sqlite3.Connection) -> list[Delivered]:
-            blob_id = self._insert_blob(c, blob)
-            out = [
-                self._insert_message(
-                    c, t, blob_id, blob.size, parse_json, incoming.internal_date, incoming.flags,
-                    incoming.queue_id, incoming.message_id,
-                )
-                for t in incoming.local
-            ]
-            if incoming.remote:
-                c.execute(
-                    "INSERT INTO queue(id, blob_id, sender, message_id, created, next_attempt, ret, envid, "
-                    "body_type, smtputf8, auth_user) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (incoming.queue_id, blob_id, incoming.sender, incoming.message_id, now, now,
-                     incoming.ret, incoming.envid, incoming.body_type, int(incoming.smtputf8), incoming.auth_user),
-                )
-                c.executemany(
-                    "INSERT INTO queue_recipients(queue_id, address, orcpt, notify, updated) VALUES (?,?,?,?,?)",
-                    [(incoming.queue_id, r.address, r.orcpt, r.notify, now) for r in incoming.remote],
-                )
-            events = list(incoming.events)
-            events += [("delivered", {"account": d.address, "folder": d.folder, "uid": d.uid}) for d in out]
-            if incoming.remote:
-                events.append(("queued", {"recipients": [r.address for r in incoming.remote]}))
-            c.executemany(
-                "INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)",
-                [(incoming.queue_id, incoming.message_id, now, k, json.dumps(d)) for k, d in events],
-            )
-            return out
-
         try:
-            return await self._write(fn)
+            return await self._write(lambda c: self._deliver_tx(c, sb, incoming, parse_json))
         finally:
-            blob.close_file()
+            sb.close_file()
 
     async def append(
         self,
@@ -648,7 +666,7 @@ class SQLiteStore(Store):
     def _queue_entries(self, c: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[QueueEntry]:
         rows = c.execute(
             "SELECT q.id, q.sender, q.message_id, q.created, q.next_attempt, q.attempts, q.held, q.last_error, "
-            "q.warned, q.ret, q.envid, q.body_type, q.smtputf8, q.auth_user, b.size "
+            "q.warned, q.ret, q.envid, q.body_type, q.smtputf8, q.auth_user, b.size, q.blob_id "
             f"FROM queue q JOIN blobs b ON b.id = q.blob_id {where} ORDER BY q.created",
             args,
         ).fetchall()
@@ -667,6 +685,7 @@ class SQLiteStore(Store):
                     id=r[0], sender=r[1], message_id=r[2], created=r[3], next_attempt=r[4], attempts=r[5],
                     held=bool(r[6]), last_error=r[7], warned=bool(r[8]), ret=r[9], envid=r[10],
                     body_type=r[11], smtputf8=bool(r[12]), auth_user=r[13], size=r[14], recipients=rcpts,
+                    blob_id=r[15],
                 )
             )
         return out
@@ -677,6 +696,107 @@ class SQLiteStore(Store):
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
         found = await self._read(lambda c: self._queue_entries(c, "WHERE q.id = ?", (queue_id,)))
         return found[0] if found else None
+
+    async def due_queue(self, now: float, limit: int, exclude: set[str]) -> list[QueueEntry]:
+        def fn(c: sqlite3.Connection) -> list[QueueEntry]:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM queue WHERE held = 0 AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+                    (now, limit + len(exclude)),
+                )
+                if r[0] not in exclude
+            ][:limit]
+            out: list[QueueEntry] = []
+            for qid in ids:
+                out += self._queue_entries(c, "WHERE q.id = ?", (qid,))
+            return out
+
+        return await self._read(fn)
+
+    async def next_queue_time(self) -> float | None:
+        row = await self._read(lambda c: c.execute("SELECT min(next_attempt) FROM queue WHERE held = 0").fetchone())
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def blob_source(self, blob_id: int) -> bytes | str:
+        def fn(c: sqlite3.Connection) -> bytes | str:
+            r = c.execute("SELECT data, path FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if r is None:
+                raise NotFound(f"no blob {blob_id}")
+            return bytes(r[0]) if r[0] is not None else str(self.blob_dir / r[1])
+
+        return await self._read(fn)
+
+    async def finish_attempt(
+        self,
+        queue_id: str,
+        outcome: AttemptOutcome,
+        notices: list[tuple[BlobWriter, Incoming]],
+    ) -> bool:
+        prepared = [(await self._prepare(b), inc, json.dumps(inc.parse, separators=(",", ":"))) for b, inc in notices]
+        now = _now()
+
+        def fn(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT message_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no queued message {queue_id}")
+            c.executemany(
+                "UPDATE queue_recipients SET state = ?, last_reply = ?, updated = ? WHERE id = ? AND queue_id = ?",
+                [(u.state, u.reply, now, u.recipient_id, queue_id) for u in outcome.updates],
+            )
+            c.execute(
+                "UPDATE queue SET next_attempt = ?, attempts = attempts + ?, last_error = ?, "
+                "warned = warned OR ? WHERE id = ?",
+                (outcome.next_attempt, int(outcome.count_attempt), outcome.last_error, int(outcome.warned), queue_id),
+            )
+            self._insert_events(c, queue_id, row[0], outcome.events, now)
+            for blob, inc, pj in prepared:
+                self._deliver_tx(c, blob, inc, pj)
+            left = c.execute(
+                "SELECT count(*) FROM queue_recipients WHERE queue_id = ? AND state IN ('pending', 'deferred')",
+                (queue_id,),
+            ).fetchone()[0]
+            if left == 0:
+                c.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
+                self._insert_events(c, queue_id, row[0], [("removed", {"reason": "no recipient left pending"})], now)
+                return True
+            return False
+
+        try:
+            return await self._write(fn)
+        finally:
+            for blob, _, _ in prepared:
+                blob.close_file()
+
+    async def update_queue_entry(
+        self, queue_id: str, *, held: bool | None = None, next_attempt: float | None = None
+    ) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM queue WHERE id = ?", (queue_id,)).fetchone() is None:
+                raise NotFound(f"no queued message {queue_id}")
+            if held is not None:
+                c.execute("UPDATE queue SET held = ? WHERE id = ?", (int(held), queue_id))
+            if next_attempt is not None:
+                c.execute("UPDATE queue SET next_attempt = ? WHERE id = ?", (next_attempt, queue_id))
+
+        await self._write(fn)
+
+    async def retry_all(self, now: float) -> int:
+        return await self._write(
+            lambda c: c.execute("UPDATE queue SET next_attempt = ? WHERE held = 0", (now,)).rowcount
+        )
+
+    async def delete_queue_entry(self, queue_id: str) -> None:
+        now = _now()
+
+        def fn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT message_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no queued message {queue_id}")
+            c.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
+            self._insert_events(c, queue_id, row[0], [("deleted", {"by": "administrator"})], now)
+
+        await self._write(fn)
 
     async def add_event(
         self, queue_id: str, kind: str, data: dict[str, object], message_id: str | None = None

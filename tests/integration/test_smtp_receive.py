@@ -224,6 +224,7 @@ def test_garbage_nul_and_long_lines(mx: MailServer) -> None:
     assert c.cmd(b"\x00\x01\x02\xff\xfe garbage\r\n").startswith(b"500 5.5.2")
     assert c.cmd(b"EHLO \x00x\r\n")[:1] in (b"2", b"5")
     assert c.cmd(b"A" * 100_000 + b"\r\n").startswith(b"500 5.5.2")
+    assert c.cmd(b"EHLO client.example\r\n").startswith(b"250")
     assert c.cmd(b"MAIL FROM:<not an address\r\n").startswith(b"501")
     assert c.cmd(b"NOOP\r\n").startswith(b"250 2.0.0")
     assert c.cmd(b"VRFY bob\r\n").startswith(b"252 2.5.0")
@@ -236,18 +237,11 @@ def test_ten_thousand_recipients(mx: MailServer) -> None:
     c.cmd(b"EHLO client.example\r\n")
     c.cmd(b"MAIL FROM:<a@example.org>\r\n")
     c.send(b"".join(b"RCPT TO:<bob+%d@hamburger.edu>\r\n" % i for i in range(10_000)))
-    replies = []
-    try:
-        while True:
-            r = c.reply()
-            replies.append(r)
-            if r.startswith(b"421"):
-                break
-    except (ConnectionError, TimeoutError):
-        pass
+    replies = [c.reply() for _ in range(10_000)]
     assert replies[:100] == [b"250 2.1.5 bob+%d@hamburger.edu ... Recipient ok\r\n" % i for i in range(100)]
-    assert replies[100].startswith(b"452 4.5.3")
-    assert replies[-1].startswith(b"421 4.7.0")  # too many errors: the server hangs up
+    assert all(r.startswith(b"452 4.5.3") for r in replies[100:])
+    assert c.cmd(b"RSET\r\n").startswith(b"250")  # the session goes on
+    c.cmd(b"QUIT\r\n")
     c.close()
     # The server is still fine.
     with smtplib.SMTP("127.0.0.1", mx.port("smtp"), timeout=10) as s:

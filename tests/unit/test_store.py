@@ -35,7 +35,7 @@ async def test_accounts_get_special_folders(store: SQLiteStore) -> None:
     acc = await store.add_account("Bob@Example.test", "hash")
     assert acc.address == "bob@example.test"
     folders = await store.list_folders(acc.id)
-    assert [f.name for f in folders][0] == "INBOX"
+    assert next(f.name for f in folders) == "INBOX"
     assert {f.special_use for f in folders} == {None, "\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"}
     assert store.find_account("BOB@example.test") == acc
     with pytest.raises(StoreError):

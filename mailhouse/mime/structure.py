@@ -1,0 +1,859 @@
+"""The structure of a message, computed once at delivery and cached as JSON.
+
+:func:`analyze` walks the raw message with ``find`` and small regular
+expressions, parsing only header blocks and a bounded prefix of one text part.
+Bodies are never copied or decoded wholesale, so a 1 MB message with a large
+attachment costs about as much as a small one. The result serves IMAP FETCH
+ENVELOPE / BODYSTRUCTURE / BODY[section] (by slicing ``raw`` at the stored
+offsets), SEARCH and the webmail list without parsing the message again.
+
+It never raises: any input, however broken, yields a well-formed result.
+
+Result schema (``SCHEMA_VERSION`` 1; every value is JSON-serialisable)::
+
+    {
+      "v": 1,                      # schema version
+      "size": int,                 # len(raw), RFC822.SIZE
+      "envelope": Envelope,        # of the message itself
+      "body": Part,                # the MIME tree; its header is the message header
+      # summary for lists and search, decoded for display
+      "subject": str,              # RFC 2047-decoded Subject, "" if absent
+      "from_name": str,            # decoded display name of the first From address, or ""
+      "from_address": str,         # "mailbox@host" of the first From address, or ""
+      "to": [str], "cc": [str],    # "mailbox@host" for every address (groups flattened)
+      "date": int | None,          # Date: as a UNIX timestamp, None if missing/unparsable
+      "message_id": str | None,    # first <...> of Message-ID (the value if it has none)
+      "in_reply_to": str | None,   # first <...> of In-Reply-To
+      "references": [str],         # every <...> of References
+      "has_attachments": bool,
+      "preview": str,              # first ~200 chars of the first text/plain (else the
+                                   # tag-stripped text/html), whitespace collapsed
+    }
+
+    Envelope = {                   # RFC 3501 ENVELOPE, in IMAP order
+      "date": str | None, "subject": str | None,   # unfolded, encoded-words as sent
+      "from": Addr, "sender": Addr, "reply_to": Addr,
+      "to": Addr, "cc": Addr, "bcc": Addr,
+      "in_reply_to": str | None, "message_id": str | None,
+    }
+    Addr = None | [[name, adl, mailbox, host], ...]
+      # None (NIL) when the field is absent or holds no address. sender and
+      # reply_to default to from when absent or empty (RFC 3501). name and adl
+      # are None when absent; name keeps encoded-words as sent. A group is
+      # [None, None, "group name", None], its members, then [None, None, None,
+      # None] (RFC 3501). A missing host is "" (never None, which would read
+      # as a group marker); "<>" gives mailbox "" and host "".
+
+    Part = {
+      "section": str,              # IMAP part number: "1", "2.1", ... ; a multipart
+                                   # has its container's number ("" at top level)
+      "type": str, "subtype": str, # lower-cased
+      "params": {str: str},        # Content-Type parameters, names lower-cased;
+                                   # RFC 2231 continuations merged, an extended value
+                                   # kept encoded under "name*" ("utf-8''%E2%82%AC");
+                                   # text/* gets charset=us-ascii when none is given
+      "id": str | None, "description": str | None,   # Content-ID / -Description
+      "encoding": str,             # Content-Transfer-Encoding, lower-cased, "7bit" default
+      "size": int,                 # octets of the body: body_end - body_start
+      "lines": int | None,         # text/* and message/rfc822|global only: LF count,
+                                   # plus one for a final line without LF
+      "md5": str | None,           # Content-MD5
+      "disposition": None | {"type": str, "params": {str: str}},
+      "language": [str] | None, "location": str | None,
+      "filename": str | None,      # decoded filename (disposition) or name (type)
+      "header_start": int,         # raw[header_start:body_start] = BODY[n.MIME] /
+      "body_start": int,           #   BODY[HEADER]: the header incl. its empty line
+      "body_end": int,             # raw[body_start:body_end] = BODY[n] / BODY[TEXT]
+      # multipart/* only:
+      "boundary": str, "parts": [Part, ...],   # always at least one part
+      # message/rfc822 and message/global only (the encapsulated message):
+      "envelope": Envelope, "body": Part,      # body.header_start == body_start
+    }
+
+Slicing for IMAP: BODY[HEADER] is ``raw[body["header_start"]:body["body_start"]]``
+and BODY[TEXT] ``raw[body["body_start"]:body["body_end"]]``. For a
+message/rfc822 part P, BODY[P.HEADER] and BODY[P.TEXT] use ``P["body"]`` the
+same way, and BODY[P] is ``raw[P["body_start"]:P["body_end"]]``.
+
+Decisions for broken input:
+
+* Header bytes that are not UTF-8 are decoded as Latin-1 (see
+  :mod:`mailhouse.mime.headers`), so strings are always valid Unicode.
+* A message that does not start with a header field has an empty header; the
+  whole message is its text/plain body.
+* multipart without a boundary parameter is reported as text/plain; a
+  multipart whose boundary never occurs gets one header-less text/plain part
+  spanning its whole body; a missing close delimiter ends the last part at
+  the end of the enclosing body. Only lines that are exactly a delimiter (plus
+  optional trailing blanks) count, so an inner boundary that extends an outer
+  one is not mistaken for it.
+* Beyond ``MAX_DEPTH`` nested multipart/message levels, or once
+  ``MAX_PARTS`` parts exist, a container is reported as an opaque
+  application/octet-stream leaf (and further delimiters are ignored).
+"""
+
+from __future__ import annotations
+
+import binascii
+import calendar
+import email.utils
+import functools
+import html
+import mmap
+import re
+from collections.abc import Callable
+from typing import Any
+
+from mailhouse.mime.headers import (
+    Buffer,
+    decode_bytes,
+    decode_words,
+    field_map,
+    find_header_end,
+    param_text,
+    parse_content_type,
+    parse_disposition,
+    unfold,
+)
+
+SCHEMA_VERSION = 1
+MAX_DEPTH = 50
+MAX_PARTS = 5000
+PREVIEW_CHARS = 200
+
+Address = list[str | None]
+_GROUP_END: Address = [None, None, None, None]
+
+
+# --- buffer access ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _literal(sub: bytes) -> re.Pattern[bytes]:
+    return re.compile(re.escape(sub))
+
+
+def _view_finder(view: memoryview) -> Callable[[bytes, int, int], int]:
+    # memoryview has no find(); a literal regex searches it in place, slower
+    # than find() but without copying the body.
+    def find(sub: bytes, start: int, end: int) -> int:
+        m = _literal(sub).search(view, start, end)
+        return -1 if m is None else m.start()
+
+    return find
+
+
+class _Buf:
+    """Uniform find/slice/count over bytes, bytearray, mmap and memoryview."""
+
+    __slots__ = ("countable", "data", "find", "size")
+
+    def __init__(self, raw: Buffer) -> None:
+        data: Buffer
+        find: Callable[[bytes, int, int], int]
+        if isinstance(raw, bytes | bytearray | mmap.mmap):
+            data, find = raw, raw.find
+        else:
+            mv = raw
+            if mv.ndim != 1 or not mv.c_contiguous:
+                copy = mv.tobytes()
+                data, find = copy, copy.find
+            else:
+                if mv.format != "B":
+                    mv = mv.cast("B")
+                obj = mv.obj
+                if isinstance(obj, bytes | bytearray | mmap.mmap) and len(obj) == mv.nbytes:
+                    # A view of a whole object: the object has a fast find()
+                    # and identical offsets.
+                    data, find = obj, obj.find
+                else:
+                    data, find = mv, _view_finder(mv)
+        self.data = data
+        self.find = find
+        self.size = len(data)
+        self.countable = isinstance(data, bytes | bytearray)
+
+    def slice(self, start: int, end: int) -> bytes:
+        return bytes(self.data[start:end])
+
+    def lines(self, start: int, end: int) -> int:
+        if end <= start:
+            return 0
+        data = self.data
+        if isinstance(data, bytes | bytearray):
+            n = data.count(b"\n", start, end)
+        else:
+            # mmap and memoryview have no count(): count in bounded chunks.
+            n = 0
+            step = 1 << 20
+            for pos in range(start, end, step):
+                n += bytes(data[pos : min(end, pos + step)]).count(b"\n")
+        if data[end - 1] != 10:
+            n += 1
+        return n
+
+
+# --- addresses (ENVELOPE) -------------------------------------------------------
+
+# Quoted strings and domain literals may be unterminated (then they run to the
+# end); `\Z` makes their match always succeed so the ambiguous `\\.?` never
+# backtracks. Comments nest one level; deeper or unterminated ones degrade to
+# separate tokens.
+_ADDR_TOKEN = re.compile(
+    r"""(?P<ws>[ \t\r\n]+)
+      |(?P<qs>"(?:[^"\\]|\\.?)*(?:"|\Z))
+      |(?P<dl>\[(?:[^\]\\]|\\.?)*(?:\]|\Z))
+      |(?P<cm>\((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*\))
+      |(?P<sp>[<>@,;:])
+      |(?P<atom>[^ \t\r\n"\[()<>@,;:\\]+)
+      |(?P<other>.)""",
+    re.X | re.S,
+)
+_QPAIR = re.compile(r"\\(.)", re.S)
+
+_Token = tuple[str, str, bool]  # kind, text, preceded by whitespace
+
+
+def _tokenize(s: str) -> list[_Token]:
+    toks: list[_Token] = []
+    space = False
+    for m in _ADDR_TOKEN.finditer(s):
+        kind = m.lastgroup or "other"
+        if kind == "ws":
+            space = True
+            continue
+        toks.append((kind, m.group(), space))
+        space = False
+    return toks
+
+
+def _unquote(t: str) -> str:
+    body = t[1:]
+    # Terminated when the final quote is not itself escaped (an even number
+    # of backslashes before it).
+    if body.endswith('"') and (len(body) - 1 - len(body[:-1].rstrip("\\"))) % 2 == 0:
+        body = body[:-1]
+    t = body
+    return _QPAIR.sub(r"\1", t) if "\\" in t else t
+
+
+def _phrase(toks: list[_Token]) -> str:
+    out: list[str] = []
+    for kind, t, space in toks:
+        if out and space:
+            out.append(" ")
+        out.append(_unquote(t) if kind == "qs" else t)
+    return "".join(out)
+
+
+def _comment_text(t: str) -> str:
+    inner = t[1:-1]
+    return (_QPAIR.sub(r"\1", inner) if "\\" in inner else inner).strip()
+
+
+def _addr_spec(toks: list[_Token]) -> tuple[str | None, str, str]:
+    """``(adl, mailbox, host)`` from the tokens of an addr-spec or angle-addr."""
+    adl: str | None = None
+    colon = -1
+    for i, (kind, t, _) in enumerate(toks):
+        if kind == "sp" and t == ":":
+            colon = i
+    if colon >= 0:
+        adl = "".join(t for _, t, _ in toks[:colon]) or None
+        toks = toks[colon + 1 :]
+    for i, (kind, t, _) in enumerate(toks):
+        if kind == "sp" and t == "@":
+            local = "".join(t for _, t, _ in toks[:i])
+            host = "".join(t for _, t, _ in toks[i + 1 :])
+            return adl, local, host
+    return adl, "".join(t for _, t, _ in toks), ""
+
+
+# The common shapes -- `"Name" <a@b>`, `Name <a@b>`, `<a@b>`, `a@b` -- in a
+# single regex; anything else (groups, comments, routes, escapes) goes to the
+# tokenizer. Both paths must give identical results (tested).
+_ATEXT = r'[^ \t\r\n"<>,;:@()\\\[\]]'
+_SIMPLE_ADDRESS = re.compile(
+    r'[ \t\r\n]*(?:(?:"([^"\\]*)"|(' + _ATEXT + r"+(?:[ \t\r\n]+" + _ATEXT + r"+)*))?"
+    r"[ \t\r\n]*<(" + _ATEXT + r"+)@(" + _ATEXT + r"+)>"
+    r"|(" + _ATEXT + r"+)@(" + _ATEXT + r"+))[ \t\r\n]*(?:,|\Z)"
+)
+_WS_RUN = re.compile(r"[ \t\r\n]+")
+
+
+def _simple_addresses(value: str) -> list[Address] | None:
+    out: list[Address] = []
+    pos = 0
+    n = len(value)
+    while pos < n:
+        m = _SIMPLE_ADDRESS.match(value, pos)
+        if m is None:
+            if value[pos:].strip(" \t\r\n"):
+                return None
+            break
+        quoted, phrase, local, host, bare_local, bare_host = m.groups()
+        if bare_local is not None:
+            out.append([None, None, bare_local, bare_host])
+        else:
+            name = quoted if quoted else (_WS_RUN.sub(" ", phrase) if phrase else None)
+            out.append([name or None, None, local, host])
+        pos = m.end()
+    return out
+
+
+def parse_address_list(value: str) -> list[Address]:
+    """Parse an address-list leniently into IMAP ENVELOPE address structures.
+
+    Returns ``[name, adl, mailbox, host]`` entries with RFC 3501 group
+    markers. Never raises; unparsable fragments become a mailbox with host
+    ``""`` or are dropped when empty. When a mailbox has no display name, a
+    comment next to it is used as the name, as other servers do.
+    """
+    simple = _simple_addresses(value)
+    if simple is not None:
+        return simple
+    return _parse_address_list(value)
+
+
+def _parse_address_list(value: str) -> list[Address]:
+    toks = _tokenize(value)
+    out: list[Address] = []
+    in_group = False
+    n = len(toks)
+    i = 0
+    while i < n:
+        phrase: list[_Token] = []
+        angle: list[_Token] | None = None
+        comment: str | None = None
+        group_start = False
+        while i < n:
+            kind, t, _ = toks[i]
+            if kind == "sp":
+                if t in ",;":
+                    break
+                if t == ":" and angle is None and not any(p[1] == "@" for p in phrase):
+                    group_start = True
+                    i += 1
+                    break
+                if t == "<" and angle is None:
+                    angle = []
+                    i += 1
+                    while i < n and not (toks[i][0] == "sp" and toks[i][1] == ">"):
+                        if toks[i][0] != "cm":
+                            angle.append(toks[i])
+                        i += 1
+                    i += 1
+                    continue
+            if kind == "cm":
+                comment = _comment_text(t) or comment
+            elif angle is None:
+                phrase.append(toks[i])
+            i += 1
+        if group_start:
+            if in_group:
+                out.append(list(_GROUP_END))
+            out.append([None, None, _phrase(phrase), None])
+            in_group = True
+            continue
+        if angle is not None:
+            adl, mailbox, host = _addr_spec(angle)
+            out.append([_phrase(phrase) or comment or None, adl, mailbox, host])
+        elif phrase:
+            if any(k == "sp" and t == "@" for k, t, _ in phrase):
+                adl, mailbox, host = _addr_spec(phrase)
+                out.append([comment or None, adl, mailbox, host])
+            else:
+                out.append([comment or None, None, _phrase(phrase), ""])
+        if i < n:
+            if toks[i][1] == ";" and in_group:
+                out.append(list(_GROUP_END))
+                in_group = False
+            i += 1
+    if in_group:
+        out.append(list(_GROUP_END))
+    return out
+
+
+def address_string(addr: Address) -> str:
+    """``mailbox@host`` (or just the mailbox when the host is empty)."""
+    mailbox = addr[2] or ""
+    return f"{mailbox}@{addr[3]}" if addr[3] else mailbox
+
+
+def _addresses(raw: bytes | None) -> list[Address] | None:
+    if raw is None:
+        return None
+    return parse_address_list(unfold(raw)) or None
+
+
+def _envelope(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    def s(name: bytes) -> str | None:
+        v = fields.get(name)
+        return None if v is None else unfold(v)
+
+    frm = _addresses(fields.get(b"from"))
+    return {
+        "date": s(b"date"),
+        "subject": s(b"subject"),
+        "from": frm,
+        "sender": _addresses(fields.get(b"sender")) or frm,
+        "reply_to": _addresses(fields.get(b"reply-to")) or frm,
+        "to": _addresses(fields.get(b"to")),
+        "cc": _addresses(fields.get(b"cc")),
+        "bcc": _addresses(fields.get(b"bcc")),
+        "in_reply_to": s(b"in-reply-to"),
+        "message_id": s(b"message-id"),
+    }
+
+
+# --- MIME tree ------------------------------------------------------------------
+
+_WSP = re.compile(rb"[ \t]*")
+_FIRST_TOKEN = re.compile(r"\s*([^\s;()]+)")
+
+
+def _join(section: str, n: int) -> str:
+    return f"{section}.{n}" if section else str(n)
+
+
+def _opt(fields: dict[bytes, bytes], name: bytes) -> str | None:
+    v = fields.get(name)
+    return None if v is None else unfold(v)
+
+
+def _boundary_bytes(value: str, raw_header: bytes) -> bytes:
+    # The boundary must be searched for as the bytes that were sent: undo the
+    # header text policy (UTF-8 if the header was valid UTF-8, else Latin-1).
+    try:
+        raw_header.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.encode("latin-1", "replace")
+    return value.encode("utf-8")
+
+
+class _Walker:
+    def __init__(self, buf: _Buf) -> None:
+        self.buf = buf
+        self.parts = 0
+
+    def entity(
+        self,
+        start: int,
+        end: int,
+        depth: int,
+        leaf_section: str,
+        mp_section: str,
+        digest: bool,
+        headerless: bool = False,
+    ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+        """Parse the entity at [start, end); returns its node and header fields."""
+        buf = self.buf
+        if headerless:
+            fields_end = body_start = start
+        else:
+            fields_end, body_start = find_header_end(buf.data, start, end)
+        fields = field_map(buf.slice(start, fields_end), True) if fields_end > start else {}
+        self.parts += 1
+
+        ctype: str | None = None
+        subtype: str | None = None
+        params: dict[str, str] = {}
+        raw_ct = fields.get(b"content-type")
+        if raw_ct is not None:
+            ctype, subtype, params = parse_content_type(unfold(raw_ct))
+        if ctype is None or subtype is None:
+            ctype, subtype = ("message", "rfc822") if digest else ("text", "plain")
+
+        room = depth < MAX_DEPTH and self.parts < MAX_PARTS
+        boundary = params.get("boundary") if ctype == "multipart" else None
+        if ctype == "multipart" and not (boundary and room):
+            if boundary:
+                ctype, subtype, params = "application", "octet-stream", {}
+            else:
+                ctype, subtype = "text", "plain"
+                params = {"charset": params.get("charset", "us-ascii")}
+        encapsulated = ctype == "message" and subtype in ("rfc822", "global")
+        if encapsulated and not room:
+            ctype, subtype, params, encapsulated = "application", "octet-stream", {}, False
+        if ctype == "text" and "charset" not in params and "charset*" not in params:
+            params["charset"] = "us-ascii"
+
+        encoding = "7bit"
+        raw_cte = fields.get(b"content-transfer-encoding")
+        if raw_cte is not None:
+            m = _FIRST_TOKEN.match(unfold(raw_cte))
+            if m is not None:
+                encoding = m.group(1).lower()
+
+        disposition: dict[str, Any] | None = None
+        filename: str | None = None
+        raw_cd = fields.get(b"content-disposition")
+        if raw_cd is not None:
+            dtype, dparams = parse_disposition(unfold(raw_cd))
+            if dtype is not None:
+                disposition = {"type": dtype, "params": dparams}
+            filename = param_text(dparams, "filename")
+        if filename is None:
+            filename = param_text(params, "name")
+
+        language: list[str] | None = None
+        raw_lang = fields.get(b"content-language")
+        if raw_lang is not None:
+            language = [t.strip() for t in unfold(raw_lang).split(",") if t.strip()] or None
+        location = _opt(fields, b"content-location")
+        if location is not None:
+            location = "".join(location.split()) or None
+
+        is_multipart = ctype == "multipart"
+        node: dict[str, Any] = {
+            "section": mp_section if is_multipart else leaf_section,
+            "type": ctype,
+            "subtype": subtype,
+            "params": params,
+            "id": _opt(fields, b"content-id"),
+            "description": _opt(fields, b"content-description"),
+            "encoding": encoding,
+            "size": end - body_start,
+            "lines": None,
+            "md5": _opt(fields, b"content-md5"),
+            "disposition": disposition,
+            "language": language,
+            "location": location,
+            "filename": filename,
+            "header_start": start,
+            "body_start": body_start,
+            "body_end": end,
+        }
+        if is_multipart and boundary and raw_ct is not None:
+            node["boundary"] = boundary
+            node["parts"] = self.multipart(
+                body_start,
+                end,
+                _boundary_bytes(boundary, raw_ct),
+                depth + 1,
+                mp_section,
+                subtype == "digest",
+            )
+        elif encapsulated:
+            node["lines"] = buf.lines(body_start, end)
+            inner, inner_fields = self.entity(
+                body_start, end, depth + 1, _join(leaf_section, 1), leaf_section, False
+            )
+            node["envelope"] = _envelope(inner_fields)
+            node["body"] = inner
+        elif ctype == "text":
+            node["lines"] = buf.lines(body_start, end)
+        return node, fields
+
+    def multipart(
+        self, start: int, end: int, boundary: bytes, depth: int, section: str, digest: bool
+    ) -> list[dict[str, Any]]:
+        buf = self.buf
+        data = buf.data
+        delim = b"--" + boundary
+        dlen = len(delim)
+        children: list[dict[str, Any]] = []
+        part_start = -1  # -1: in the preamble (or after the budget ran out)
+        pos = start
+        while True:
+            i = buf.find(delim, pos, end)
+            if i < 0:
+                break
+            pos = i + 1
+            if i > start and data[i - 1] != 10:
+                continue
+            j = i + dlen
+            close = j + 2 <= end and data[j] == 45 and data[j + 1] == 45
+            k = j + 2 if close else j
+            ws = _WSP.match(data, k, end)
+            if ws is not None:
+                k = ws.end()
+            if k >= end:
+                eol = end
+            elif data[k] == 10:
+                eol = k + 1
+            elif data[k] == 13 and k + 1 < end and data[k + 1] == 10:
+                eol = k + 2
+            else:
+                continue  # text that merely starts like a delimiter
+            if part_start >= 0:
+                # The line break before a delimiter belongs to the delimiter.
+                part_end = i
+                if part_end > part_start and data[part_end - 1] == 10:
+                    part_end -= 1
+                    if part_end > part_start and data[part_end - 1] == 13:
+                        part_end -= 1
+                children.append(self.child(part_start, part_end, depth, section, children, digest))
+            if close or self.parts >= MAX_PARTS:
+                part_start = -1
+                break
+            part_start = eol
+            pos = eol
+        if part_start >= 0:
+            children.append(self.child(part_start, end, depth, section, children, digest))
+        if not children:
+            node, _ = self.entity(start, end, depth, _join(section, 1), _join(section, 1), False, True)
+            children.append(node)
+        return children
+
+    def child(
+        self,
+        start: int,
+        end: int,
+        depth: int,
+        section: str,
+        siblings: list[dict[str, Any]],
+        digest: bool,
+    ) -> dict[str, Any]:
+        num = _join(section, len(siblings) + 1)
+        node, _ = self.entity(start, end, depth, num, num, digest)
+        return node
+
+
+# --- summary --------------------------------------------------------------------
+
+_MSGID = re.compile(r"<[^<>]*>")
+_HTML_DROP = re.compile(
+    r"<(script|style|head|title|template)\b.*?(?:</\1\s*>|\Z)|<!--.*?(?:-->|\Z)", re.S | re.I
+)
+_HTML_TAG = re.compile(r"<[A-Za-z/!?][^>]*(?:>|\Z)")
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_REPORT_PARTS = ("delivery-status", "disposition-notification", "feedback-report")
+
+
+def _first_msgid(value: str | None) -> str | None:
+    if value is None:
+        return None
+    m = _MSGID.search(value)
+    return m.group() if m is not None else (value.strip() or None)
+
+
+def _msgids(raw: bytes | None) -> list[str]:
+    if raw is None:
+        return []
+    value = unfold(raw)
+    return _MSGID.findall(value) or value.split()
+
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+# The RFC 5322 shape nearly every Date: has; email.utils handles the rest.
+_RFC5322_DATE = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
+    r"\s+([+-])(\d\d)(\d\d)\b"
+)
+
+
+def _timestamp(value: str | None) -> int | None:
+    if not value:
+        return None
+    m = _RFC5322_DATE.match(value)
+    if m is not None:
+        month = _MONTHS.get(m.group(2).lower())
+        day = int(m.group(1))
+        if month is not None and 1 <= day <= 31:
+            try:
+                stamp = calendar.timegm(
+                    (int(m.group(3)), month, day, int(m.group(4)), int(m.group(5)), int(m.group(6) or 0))
+                )
+            except (ValueError, OverflowError):
+                return None
+            offset = (int(m.group(8)) * 60 + int(m.group(9))) * 60
+            return stamp - offset if m.group(7) == "+" else stamp + offset
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return int(email.utils.mktime_tz(parsed))
+    except Exception:  # parsedate_tz/mktime_tz raise assorted errors on junk
+        return None
+
+
+def _leaves(node: dict[str, Any], parent: str, out: list[tuple[dict[str, Any], str]]) -> None:
+    parts = node.get("parts")
+    if parts is None:
+        out.append((node, parent))
+        return
+    for child in parts:
+        _leaves(child, node["subtype"], out)
+
+
+def _is_attachment(node: dict[str, Any], parent: str) -> bool:
+    ctype, subtype = node["type"], node["subtype"]
+    disposition = node["disposition"]["type"] if node["disposition"] else None
+    if disposition == "attachment":
+        return True
+    if ctype == "message":
+        return subtype in ("rfc822", "global") or (
+            parent != "report" and subtype not in _REPORT_PARTS
+        )
+    if parent == "related":
+        return False  # resources of an HTML body (inline images)
+    if node["filename"] is not None:
+        return True
+    return ctype != "text" and parent != "alternative"
+
+
+def _b64_prefix(chunk: bytes, truncated: bool) -> bytes:
+    clean = _B64_JUNK.sub(b"", chunk)
+    if truncated:
+        clean = clean[: len(clean) // 4 * 4]
+    else:
+        rem = len(clean) % 4
+        clean = clean[:-1] if rem == 1 else clean + b"=" * ((4 - rem) % 4)
+    try:
+        return binascii.a2b_base64(clean)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _preview(buf: _Buf, node: dict[str, Any]) -> str:
+    start, end = node["body_start"], node["body_end"]
+    is_html = node["subtype"] == "html"
+    charset = param_text(node["params"], "charset")
+    encoding = node["encoding"]
+    text = ""
+    # Most previews come out of the first few KB; HTML may hide its text
+    # behind a large <head>, so retry once with a bigger window.
+    for limit in (2048, 16384, 131072):
+        stop = min(end, start + limit)
+        truncated = stop < end
+        chunk = buf.slice(start, stop)
+        if encoding == "base64":
+            chunk = _b64_prefix(chunk, truncated)
+        elif encoding == "quoted-printable":
+            if truncated:
+                chunk = chunk[: chunk.rfind(b"\n") + 1] or chunk
+            chunk = binascii.a2b_qp(chunk)
+        text = decode_bytes(chunk, charset, final=not truncated)
+        if is_html:
+            text = html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text)))
+        text = _collapse(text)
+        if len(text) >= PREVIEW_CHARS or not truncated:
+            break
+    return text[:PREVIEW_CHARS]
+
+
+def _collapse(text: str) -> str:
+    # Collapsing a prefix gives a prefix of the collapsed text, and only
+    # PREVIEW_CHARS are kept: avoid splitting kilobytes of words.
+    size = PREVIEW_CHARS * 2
+    while True:
+        out = " ".join(text[:size].split())
+        if len(out) > PREVIEW_CHARS or size >= len(text):
+            return out
+        size *= 4
+
+
+def _summary(buf: _Buf, envelope: dict[str, Any], fields: dict[bytes, bytes], body: dict[str, Any]) -> dict[str, Any]:
+    subject = envelope["subject"]
+    from_name = from_address = ""
+    for addr in envelope["from"] or ():
+        if addr[2] is not None and addr[3] is not None:
+            from_name = decode_words(addr[0]) if addr[0] else ""
+            from_address = address_string(addr)
+            break
+
+    def flat(addrs: list[Address] | None) -> list[str]:
+        return [s for a in addrs or () if a[3] is not None and (s := address_string(a))]
+
+    leaves: list[tuple[dict[str, Any], str]] = []
+    _leaves(body, "", leaves)
+    has_attachments = False
+    plain: dict[str, Any] | None = None
+    rich: dict[str, Any] | None = None
+    for node, parent in leaves:
+        if _is_attachment(node, parent):
+            has_attachments = True
+        elif node["type"] == "text":
+            if node["subtype"] == "plain" and plain is None:
+                plain = node
+            elif node["subtype"] == "html" and rich is None:
+                rich = node
+    chosen = plain or rich
+    return {
+        "subject": decode_words(subject) if subject is not None else "",
+        "from_name": from_name,
+        "from_address": from_address,
+        "to": flat(envelope["to"]),
+        "cc": flat(envelope["cc"]),
+        "date": _timestamp(envelope["date"]),
+        "message_id": _first_msgid(envelope["message_id"]),
+        "in_reply_to": _first_msgid(envelope["in_reply_to"]),
+        "references": _msgids(fields.get(b"references")),
+        "has_attachments": has_attachments,
+        "preview": _preview(buf, chosen) if chosen is not None else "",
+    }
+
+
+# --- entry point ----------------------------------------------------------------
+
+
+def analyze(raw: bytes | memoryview | mmap.mmap) -> dict[str, Any]:
+    """Analyse a raw message once; see the module docstring for the result."""
+    try:
+        return _analyze(raw)
+    except Exception:  # the contract is "never raise": degrade to an opaque body
+        return _fallback(raw)
+
+
+def _analyze(raw: bytes | memoryview | mmap.mmap) -> dict[str, Any]:
+    buf = _Buf(raw)
+    walker = _Walker(buf)
+    body, fields = walker.entity(0, buf.size, 0, "1", "", False)
+    envelope = _envelope(fields)
+    result: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "size": buf.size,
+        "envelope": envelope,
+        "body": body,
+    }
+    result.update(_summary(buf, envelope, fields, body))
+    return result
+
+
+def _fallback(raw: bytes | memoryview | mmap.mmap) -> dict[str, Any]:
+    size = len(raw)
+    envelope: dict[str, Any] = dict.fromkeys(
+        ("date", "subject", "from", "sender", "reply_to", "to", "cc", "bcc", "in_reply_to", "message_id")
+    )
+    body: dict[str, Any] = {
+        "section": "1",
+        "type": "application",
+        "subtype": "octet-stream",
+        "params": {},
+        "id": None,
+        "description": None,
+        "encoding": "7bit",
+        "size": size,
+        "lines": None,
+        "md5": None,
+        "disposition": None,
+        "language": None,
+        "location": None,
+        "filename": None,
+        "header_start": 0,
+        "body_start": 0,
+        "body_end": size,
+    }
+    return {
+        "v": SCHEMA_VERSION,
+        "size": size,
+        "envelope": envelope,
+        "body": body,
+        "subject": "",
+        "from_name": "",
+        "from_address": "",
+        "to": [],
+        "cc": [],
+        "date": None,
+        "message_id": None,
+        "in_reply_to": None,
+        "references": [],
+        "has_attachments": False,
+        "preview": "",
+    }
