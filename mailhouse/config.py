@@ -104,6 +104,16 @@ class QueueSettings:
     retry_interval: float = 1800.0
     max_lifetime: float = 5 * 86400.0
     delay_warning: float = 4 * 3600.0
+    # Beyond INTERFACE.md: limits and timeouts of the outbound SMTP client.
+    connections_per_destination: int = 20
+    max_connections: int = 100
+    connect_timeout: float = 30.0
+    reply_timeout: float | None = None  # caps RFC 5321 §4.5.3.2's per-phase waits (5/10 min)
+    smtp_port: int = 25  # the port of MX hosts; a test world on one machine changes it
+    idle_timeout: float = 5.0  # an idle outbound connection is kept this long for the next message
+
+
+TLS_POLICIES = ("opportunistic", "require", "verify")
 
 
 @dataclass
@@ -118,6 +128,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     nameservers: list[tuple[str, int]] | None = None
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tls_policy: dict[str, str] = field(default_factory=dict)  # next-hop domain -> TLS_POLICIES
     limits: Limits = field(default_factory=Limits)
     path: Path | None = None  # the file this came from; None: development defaults
 
@@ -165,7 +176,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     base = path.parent.resolve()
     _check_keys(
         doc,
-        {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits"},
+        {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits", "tls_policy"},
         path.name,
     )
     cfg = Config(path=path.resolve())
@@ -199,12 +210,28 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     cfg.storage_url = url
 
     q = _table(doc, "queue")
-    _check_keys(q, {"retry_interval", "max_lifetime", "delay_warning"}, "[queue]")
-    cfg.queue = QueueSettings(
+    _check_keys(
+        q,
+        {"retry_interval", "max_lifetime", "delay_warning", "connections_per_destination", "max_connections",
+         "connect_timeout", "reply_timeout", "smtp_port", "idle_timeout"},
+        "[queue]",
+    )
+    qs = QueueSettings(
         retry_interval=parse_duration(q.get("retry_interval", "30m"), "queue.retry_interval"),
         max_lifetime=parse_duration(q.get("max_lifetime", "5d"), "queue.max_lifetime"),
         delay_warning=parse_duration(q.get("delay_warning", "4h"), "queue.delay_warning"),
+        connect_timeout=parse_duration(q.get("connect_timeout", "30s"), "queue.connect_timeout"),
+        idle_timeout=parse_duration(q.get("idle_timeout", "5s"), "queue.idle_timeout"),
     )
+    if "reply_timeout" in q:
+        qs.reply_timeout = parse_duration(q["reply_timeout"], "queue.reply_timeout")
+    for k in ("connections_per_destination", "max_connections", "smtp_port"):
+        if k in q:
+            v = q[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 65536:
+                raise ConfigError(f"queue.{k}: expected a positive whole number")
+            setattr(qs, k, v)
+    cfg.queue = qs
     if cfg.queue.retry_interval <= 0:
         raise ConfigError("queue.retry_interval must be more than 0")
 
@@ -218,6 +245,12 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
 
     routes = _table(doc, "routes")
     cfg.routes = {k.lower().rstrip("."): parse_hostport(v, f"routes.{k}") for k, v in routes.items()}
+
+    policy = _table(doc, "tls_policy")
+    for k, v in policy.items():
+        if v not in TLS_POLICIES:
+            raise ConfigError(f"tls_policy.{k}: expected one of {', '.join(TLS_POLICIES)}; got {v!r}")
+    cfg.tls_policy = {k.lower().rstrip("."): v for k, v in policy.items()}
 
     limits = _table(doc, "limits")
     _check_keys(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .auth.service import Authenticator
@@ -20,6 +21,7 @@ class Context:
     tls: ssl.SSLContext | None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     connections: Counter[str] = field(default_factory=Counter)  # per client IP
+    on_queued: Callable[[], None] = lambda: None  # wakes the queue manager
 
     @property
     def total_connections(self) -> int:

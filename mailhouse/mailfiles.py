@@ -65,6 +65,13 @@ FORWARDED = "$Forwarded"
 
 @dataclass
 class MailFile:
+    """One message: CRLF ``raw`` bytes, IMAP flags and keywords, INTERNALDATE.
+
+    An ``internal_date`` of None is exported as the Date: header's time (mbox,
+    else the current time) or the current time (Maildir mtime), so it comes
+    back as a number.
+    """
+
     raw: bytes
     flags: set[str] = field(default_factory=set)
     internal_date: float | None = None

@@ -10,8 +10,12 @@ from . import log
 from .auth.service import Authenticator
 from .config import UNBUILT_LISTENERS, Config, ConfigError
 from .context import Context
+from .dns.resolver import Resolver
 from .net.smtp import SMTPListener
+from .net.smtp_client import SMTPDeliverer
 from .net.tls import server_context
+from .queue.manager import QueueManager
+from .queue.routing import Router
 from .store import open_store
 
 logger = log.get("serve")
@@ -36,6 +40,12 @@ async def serve(config: Config) -> None:
     try:
         tls = server_context(config)
         ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
+        deliverer = SMTPDeliverer(config.hostname, config.queue, config.tls_policy)
+        router = Router(Resolver(config.nameservers), config.routes, config.queue.smtp_port)
+        queue = QueueManager(store, router, deliverer, config.queue, config.hostname,
+                             max_parallel=config.queue.max_connections)
+        ctx.on_queued = queue.kick
+        queue_task = asyncio.get_running_loop().create_task(queue.run())
         listeners: list[SMTPListener] = []
         for name in SMTP_LISTENERS:
             if name in config.listen:
@@ -58,7 +68,11 @@ async def serve(config: Config) -> None:
         ctx.shutting_down.set()
         for lst in listeners:
             lst.stop_accepting()
-        await asyncio.gather(*(lst.drain() for lst in listeners))
+        await asyncio.gather(*(lst.drain() for lst in listeners), queue.stop())
+        queue_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await queue_task
+        await deliverer.close()
     finally:
         await store.close()
     logger.info("stopped")

@@ -45,12 +45,13 @@ class MailServer:
         hostname: str | None = None,
         listeners: tuple[str, ...] = LISTENERS,
         extra: dict[str, dict[str, Any]] | None = None,
+        ports: dict[str, int] | None = None,
     ) -> None:
         self.root = root / domain
         self.root.mkdir(parents=True, exist_ok=True)
         self.domain = domain
         self.hostname = hostname or f"mail.{domain}"
-        self.ports = {name: free_port() for name in listeners}
+        self.ports = {name: (ports or {}).get(name) or free_port() for name in listeners}
         self.config_path = self.root / "mailhouse.toml"
         self.log_path = self.root / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,7 +62,11 @@ class MailServer:
             "[listen]",
         ]
         lines += [f'{name} = "127.0.0.1:{port}"' for name, port in self.ports.items()]
-        for table, values in (extra or {}).items():
+        extra = dict(extra or {})
+        # Tests never ask a resolver off this machine: without a zone of their own, DNS
+        # goes to a loopback port where nothing listens, and fails fast (temporarily).
+        extra.setdefault("dns", {"nameservers": ["127.0.0.1:9"]})
+        for table, values in extra.items():
             lines.append(f"[{table}]")
             lines += [f"{_toml_value(k) if not k.isidentifier() else k} = {_toml_value(v)}" for k, v in values.items()]
         self.config_path.write_text("\n".join(lines) + "\n")

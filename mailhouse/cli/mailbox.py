@@ -22,6 +22,9 @@ def _summary(parse: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_text(s: dict[str, Any]) -> str:
+    name, addr = s.get("from_name") or "", s.get("from_address") or ""
+    if name or addr:
+        return f"{name} <{addr}>" if name and addr else str(name or addr)
     f = s.get("from")
     if isinstance(f, dict):
         name, addr = f.get("name") or "", f.get("address") or ""

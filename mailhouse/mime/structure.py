@@ -25,9 +25,14 @@ Result schema (``SCHEMA_VERSION`` 1; every value is JSON-serialisable)::
       "message_id": str | None,    # first <...> of Message-ID (the value if it has none)
       "in_reply_to": str | None,   # first <...> of In-Reply-To
       "references": [str],         # every <...> of References
-      "has_attachments": bool,
-      "preview": str,              # first ~200 chars of the first text/plain (else the
-                                   # tag-stripped text/html), whitespace collapsed
+      "has_attachments": bool,     # a leaf outside encapsulated messages that is
+                                   # disposition attachment, message/rfc822, has a
+                                   # filename, or is non-text -- except inline parts of
+                                   # multipart/related, alternatives and report parts
+      "preview": str,              # first 200 chars of the first non-attachment
+                                   # text/plain (else text/html, tags, head, style and
+                                   # script dropped), transfer- and charset-decoded,
+                                   # whitespace collapsed; "" if none
     }
 
     Envelope = {                   # RFC 3501 ENVELOPE, in IMAP order
@@ -146,7 +151,7 @@ def _view_finder(view: memoryview) -> Callable[[bytes, int, int], int]:
 class _Buf:
     """Uniform find/slice/count over bytes, bytearray, mmap and memoryview."""
 
-    __slots__ = ("countable", "data", "find", "size")
+    __slots__ = ("data", "find", "size")
 
     def __init__(self, raw: Buffer) -> None:
         data: Buffer
@@ -171,7 +176,6 @@ class _Buf:
         self.data = data
         self.find = find
         self.size = len(data)
-        self.countable = isinstance(data, bytes | bytearray)
 
     def slice(self, start: int, end: int) -> bytes:
         return bytes(self.data[start:end])
@@ -618,6 +622,7 @@ _HTML_DROP = re.compile(
 )
 _HTML_TAG = re.compile(r"<[A-Za-z/!?][^>]*(?:>|\Z)")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\u200b\ufeff]")
 _REPORT_PARTS = ("delivery-status", "disposition-notification", "feedback-report")
 
 
@@ -743,7 +748,7 @@ def _collapse(text: str) -> str:
     # PREVIEW_CHARS are kept: avoid splitting kilobytes of words.
     size = PREVIEW_CHARS * 2
     while True:
-        out = " ".join(text[:size].split())
+        out = " ".join(_CONTROL.sub(" ", text[:size]).split())
         if len(out) > PREVIEW_CHARS or size >= len(text):
             return out
         size *= 4
@@ -774,7 +779,12 @@ def _summary(buf: _Buf, envelope: dict[str, Any], fields: dict[bytes, bytes], bo
                 plain = node
             elif node["subtype"] == "html" and rich is None:
                 rich = node
-    chosen = plain or rich
+    preview = ""
+    for candidate in (plain, rich):
+        if candidate is not None:
+            preview = _preview(buf, candidate)
+            if preview:
+                break
     return {
         "subject": decode_words(subject) if subject is not None else "",
         "from_name": from_name,
@@ -786,7 +796,7 @@ def _summary(buf: _Buf, envelope: dict[str, Any], fields: dict[bytes, bytes], bo
         "in_reply_to": _first_msgid(envelope["in_reply_to"]),
         "references": _msgids(fields.get(b"references")),
         "has_attachments": has_attachments,
-        "preview": _preview(buf, chosen) if chosen is not None else "",
+        "preview": preview,
     }
 
 

@@ -32,7 +32,7 @@ logger = log.get("smtpd")
 READ_SIZE = 64 * 1024
 MAX_BUFFERED_INPUT = 1024 * 1024
 SHUTDOWN_GRACE = 10.0
-ANALYZE_INLINE_MAX = 256 * 1024
+ANALYZE_INLINE_MAX = 64 * 1024  # larger: parse in a thread so the loop keeps turning
 
 
 @dataclass
@@ -361,6 +361,7 @@ class SMTPSession(asyncio.BufferedProtocol):
             logger.info("%s: to=<%s>, relay=local, folder=%s, uid=%d, status=delivered", tx.queue_id, d.address, d.folder, d.uid)
         if tx.remote:
             logger.info("%s: queued for %s", tx.queue_id, ", ".join(f"<{r.address}>" for r in tx.remote))
+            self.ctx.on_queued()
         self.tx = None
 
     async def _auth(self, ev: sm.AuthAttempt) -> None:

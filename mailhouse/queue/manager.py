@@ -314,6 +314,8 @@ class QueueManager:
         res = resolve(self.store, entry.sender)
         qid = new_queue_id()
         blob = self.store.new_blob()
+        if res.local:
+            raw = b"Return-Path: <>\r\n" + raw  # final delivery: the trace field is ours to add
         blob.write(raw)
         inc = Incoming(
             queue_id=qid, sender="", local=res.local, remote=res.remote if not res.local else [],

@@ -569,6 +569,15 @@ def test_preview_prefers_plain_and_skips_attachments() -> None:
     assert r["has_attachments"] is True
 
 
+def test_preview_falls_back_to_html_when_plain_is_empty() -> None:
+    raw = crlf(
+        "Content-Type: multipart/alternative; boundary=a\n\n"
+        "--a\nContent-Type: text/plain\n\n \n"
+        "--a\nContent-Type: text/html\n\n<b>bold</b>\x00\ufeff move\n--a--\n"
+    )
+    assert analyze(raw)["preview"] == "bold move"
+
+
 def test_no_attachments_for_alternative_and_related_inline_images() -> None:
     raw = crlf(
         "Content-Type: multipart/alternative; boundary=a\n\n"

@@ -1,0 +1,389 @@
+"""The asyncio side of the outbound SMTP client: connections, TLS, a connection cache.
+
+Delivery to one domain tries its hops in order (route, or MX by preference, each
+host's addresses in turn); a refused connection, a timeout, a 4xx greeting or a
+failed TLS handshake moves on to the next address. Once a transaction runs, its
+replies decide. Connections are cached briefly per address so several messages
+for one next hop go over one connection, one after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import log
+from ..config import QueueSettings
+from ..queue.convert import to_7bit
+from ..queue.manager import DomainAttempt, RecipientResult, status_of
+from ..queue.routing import Hop, Route
+from ..smtp import client as cm
+from ..smtp.grammar import Reply
+from ..store.models import QueueEntry, QueueRecipient
+
+logger = log.get("smtp")
+
+CHUNK = 64 * 1024
+
+
+class StaleConnection(Exception):
+    """A cached connection died before the transaction began: open a fresh one."""
+
+
+class HopFailed(Exception):
+    """This address could not take the message; try the next one."""
+
+    def __init__(self, reason: str, transcript: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(reason)
+        self.transcript = transcript or []
+
+
+def _reply_text(reply: Reply | None) -> str:
+    if reply is None:
+        return ""
+    enh = f"{reply.enhanced} " if reply.enhanced else ""
+    return f"{reply.code} {enh}{' '.join(reply.lines)}".strip()
+
+
+@dataclass
+class Connection:
+    host: str
+    address: str
+    port: int
+    machine: cm.ClientConnection
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    reply_cap: float | None
+    tls: str | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    messages: int = 0
+    transcript_mark: int = 0
+
+    async def flush(self) -> None:
+        data = self.machine.data_to_send()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def event(self) -> cm.Event:
+        """The next event, reading (with the RFC's timeouts) as needed."""
+        while True:
+            ev = self.machine.next_event()
+            if ev is not cm.NEED_DATA:
+                assert isinstance(ev, cm.Event)
+                return ev
+            await self.flush()
+            timeout = self.machine.reply_timeout or 300.0
+            if self.reply_cap is not None:
+                timeout = min(timeout, self.reply_cap)
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(CHUNK)
+            except TimeoutError:
+                raise HopFailed(f"timeout after {timeout:.0f}s waiting for {self.host}[{self.address}]") from None
+            except (ConnectionError, OSError) as e:
+                raise HopFailed(f"connection to {self.host}[{self.address}] lost: {e}") from None
+            self.machine.receive_data(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def quit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.machine.quit()
+            await self.flush()
+            async with asyncio.timeout(2):
+                while not isinstance(await self.event(), cm.Closed | cm.ConnectionFailed):
+                    pass
+        self.close()
+
+
+@dataclass
+class TransactionOutcome:
+    per_recipient: dict[str, RecipientResult]
+    transcript: list[tuple[str, str]]
+
+
+class SMTPDeliverer:
+    def __init__(
+        self,
+        hostname: str,
+        settings: QueueSettings,
+        tls_policy: dict[str, str] | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.settings = settings
+        self.tls_policy = tls_policy or {}
+        self._idle: dict[tuple[str, int], list[Connection]] = defaultdict(list)
+        self._dest_limits: dict[str, asyncio.Semaphore] = {}
+        self._global = asyncio.Semaphore(settings.max_connections)
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ cache
+    def _take_idle(self, address: str, port: int) -> Connection | None:
+        idle = self._idle.get((address, port))
+        now = time.monotonic()
+        while idle:
+            c = idle.pop()
+            if now - c.last_used < self.settings.idle_timeout and not c.writer.is_closing():
+                return c
+            c.close()
+        return None
+
+    def _put_idle(self, conn: Connection) -> None:
+        conn.last_used = time.monotonic()
+        self._idle[(conn.address, conn.port)].append(conn)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while any(self._idle.values()):
+            await asyncio.sleep(min(1.0, self.settings.idle_timeout))
+            now = time.monotonic()
+            for key, conns in list(self._idle.items()):
+                keep = []
+                for c in conns:
+                    if now - c.last_used >= self.settings.idle_timeout:
+                        await c.quit()
+                    else:
+                        keep.append(c)
+                self._idle[key] = keep
+
+    async def close(self) -> None:
+        for conns in self._idle.values():
+            for c in conns:
+                await c.quit()
+        self._idle.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    # ------------------------------------------------------------------ connect
+    def _tls_context(self, policy: str, host: str) -> ssl.SSLContext:
+        if policy == "verify":
+            return ssl.create_default_context()
+        ctx = ssl.create_default_context()
+        # Opportunistic TLS (RFC 7435): encrypt even to self-signed servers.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def _open(self, hop: Hop, address: str, policy: str, events: list[tuple[str, dict[str, Any]]]) -> Connection:
+        port = hop.port
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                reader, writer = await asyncio.open_connection(address, port, limit=CHUNK * 4)
+        except TimeoutError:
+            raise HopFailed(f"connect to {hop.host}[{address}]:{port}: timed out") from None
+        except OSError as e:
+            raise HopFailed(f"connect to {hop.host}[{address}]:{port}: {e.strerror or e}") from None
+        machine = cm.ClientConnection(self.hostname, want_tls=policy != "never")
+        conn = Connection(hop.host, address, port, machine, reader, writer, self.settings.reply_timeout)
+        try:
+            while True:
+                ev = await conn.event()
+                if isinstance(ev, cm.Greeting):
+                    continue
+                if isinstance(ev, cm.TLSRequired):
+                    await conn.flush()
+                    try:
+                        async with asyncio.timeout(self.settings.connect_timeout):
+                            await writer.start_tls(self._tls_context(policy, hop.host), server_hostname=hop.host)
+                    except (ssl.SSLError, OSError, TimeoutError) as e:
+                        raise HopFailed(f"TLS handshake with {hop.host}[{address}] failed: {e}", machine.transcript) from None
+                    obj = writer.get_extra_info("ssl_object")
+                    conn.tls = f"{obj.version()} {obj.cipher()[0]}" if obj is not None else "TLS"
+                    machine.tls_established()
+                    continue
+                if isinstance(ev, cm.TLSRefused):
+                    if policy in ("require", "verify"):
+                        raise HopFailed(f"{hop.host} refused STARTTLS ({_reply_text(ev.reply)}) and TLS is required",
+                                        machine.transcript)
+                    continue
+                if isinstance(ev, cm.Ready):
+                    if policy in ("require", "verify") and not ev.tls:
+                        raise HopFailed(f"{hop.host} does not offer STARTTLS and TLS is required", machine.transcript)
+                    return conn
+                if isinstance(ev, cm.ConnectionFailed):
+                    raise HopFailed(f"{hop.host}[{address}] {ev.reason}: {_reply_text(ev.reply)}".rstrip(": "),
+                                    machine.transcript)
+                if isinstance(ev, cm.Closed):
+                    raise HopFailed(f"{hop.host}[{address}] closed the connection", machine.transcript)
+        except BaseException:
+            conn.close()
+            raise
+
+    # ------------------------------------------------------------------ deliver
+    async def deliver(
+        self, route: Route, entry: QueueEntry, recipients: list[QueueRecipient], source: bytes | str
+    ) -> DomainAttempt:
+        policy = self.tls_policy.get(route.domain, "opportunistic")
+        att = DomainAttempt()
+        failures: list[str] = []
+        body = await _load(source)
+        for hop in route.hops:
+            for address in hop.addresses:
+                started = time.time()
+                event: dict[str, Any] = {
+                    "domain": route.domain, "route": route.describe(), "host": hop.host, "address": address,
+                    "port": hop.port, "recipients": [r.address for r in recipients], "started": started,
+                }
+                sem = self._dest_limits.setdefault(hop.host, asyncio.Semaphore(self.settings.connections_per_destination))
+                async with sem, self._global:
+                    try:
+                        conn = self._take_idle(address, hop.port)
+                        event["reused_connection"] = conn is not None
+                        outcome = None
+                        if conn is not None:
+                            try:
+                                outcome = await self._transaction(conn, entry, recipients, body, reused=True)
+                            except StaleConnection:
+                                event["reused_connection"] = False
+                        if conn is None or outcome is None:
+                            conn = await self._open(hop, address, policy, att.events)
+                            outcome = await self._transaction(conn, entry, recipients, body)
+                    except HopFailed as e:
+                        failures.append(str(e))
+                        event.update(outcome="connection-failed", error=str(e), transcript=_lines(e.transcript),
+                                     duration=round(time.time() - started, 3))
+                        att.events.append(("attempt", event))
+                        logger.info("%s: %s", entry.id, e)
+                        continue
+                att.remote_mta = hop.host
+                att.dsn_passed_on = "DSN" in conn.machine.extensions
+                for r in recipients:
+                    att.results[r.id] = outcome.per_recipient.get(r.address) or RecipientResult(
+                        "deferred", "no reply for this recipient", "4.3.0")
+                states = {res.state for res in att.results.values()}
+                event.update(
+                    outcome="/".join(sorted(states)), tls=conn.tls, transcript=_lines(outcome.transcript),
+                    replies={r.address: att.results[r.id].reply for r in recipients},
+                    duration=round(time.time() - started, 3),
+                )
+                att.events.append(("attempt", event))
+                return att
+        reason = "; ".join(failures[-3:]) or "no host to try"
+        for r in recipients:
+            att.results[r.id] = RecipientResult("deferred", reason, "4.4.1")
+        return att
+
+    async def _transaction(
+        self, conn: Connection, entry: QueueEntry, recipients: list[QueueRecipient], body: bytes,
+        *, reused: bool = False,
+    ) -> TransactionOutcome:
+        try:
+            return await self._transaction_on(conn, entry, recipients, body, reused)
+        except HopFailed:
+            conn.close()
+            if reused:
+                raise StaleConnection() from None
+            raise
+
+    async def _transaction_on(
+        self, conn: Connection, entry: QueueEntry, recipients: list[QueueRecipient], body: bytes, reused: bool
+    ) -> TransactionOutcome:
+        m = conn.machine
+        mark = len(m.transcript)
+        ext = m.extensions
+        eight = not body.isascii()
+        if eight and "8BITMIME" not in ext:
+            converted = to_7bit(body)
+            if converted is None:
+                res = RecipientResult("failed", "554 5.6.3 the message has 8-bit headers and the next hop "
+                                      "supports neither 8BITMIME nor SMTPUTF8", "5.6.3")
+                return TransactionOutcome({r.address: res for r in recipients}, [])
+            body, eight = converted, False
+        smtputf8 = entry.smtputf8 or not (entry.sender.isascii() and all(r.address.isascii() for r in recipients))
+        env = cm.Envelope(
+            sender=entry.sender,
+            recipients=[cm.RecipientSpec(r.address, r.notify, r.orcpt) for r in recipients],
+            size=len(body), body_8bit=eight, smtputf8=smtputf8,
+            ret=entry.ret, envid=entry.envid,
+        )
+        m.send_envelope(env)
+        await conn.flush()
+        per: dict[str, RecipientResult] = {}
+        accepted: list[str] = []
+        mail_reply: Reply | None = None
+        while True:
+            ev = await conn.event()
+            if isinstance(ev, cm.MailRejected):
+                mail_reply = ev.reply
+            elif isinstance(ev, cm.RecipientResult):
+                if ev.accepted:
+                    accepted.append(ev.address)
+                else:
+                    per[ev.address] = _result(ev.reply)
+            elif isinstance(ev, cm.ReadyForContent):
+                for i in range(0, len(body), CHUNK):
+                    m.send_content(body[i : i + CHUNK], final=False)
+                    await conn.flush()
+                m.send_content(b"", final=True)
+                await conn.flush()
+            elif isinstance(ev, cm.MessageResult):
+                for a in accepted:
+                    per[a] = _result(ev.reply)
+                break
+            elif isinstance(ev, cm.TransactionFailed):
+                reply = mail_reply or ev.reply
+                for r in recipients:
+                    per.setdefault(r.address, _result(reply))
+                break
+            elif isinstance(ev, cm.ConnectionFailed | cm.Closed):
+                if reused and mail_reply is None and not accepted and not per:
+                    conn.close()
+                    raise StaleConnection()
+                reason = ev.reason if isinstance(ev, cm.ConnectionFailed) else "connection closed"
+                reply_t = _reply_text(ev.reply) if isinstance(ev, cm.ConnectionFailed) else ""
+                for r in recipients:
+                    per.setdefault(r.address, RecipientResult(
+                        "deferred" if not (reply_t.startswith("5")) else "failed",
+                        f"{conn.host}[{conn.address}] {reason} {reply_t}".strip(), status_of(reply_t, "4.4.2")))
+                conn.close()
+                return TransactionOutcome(per, m.transcript[mark:])
+        # Wait for Ready, then keep the connection for the next message.
+        conn.messages += 1
+        ev = await conn.event()
+        transcript = m.transcript[mark:]
+        if isinstance(ev, cm.Ready):
+            self._put_idle(conn)
+        else:
+            conn.close()
+        return TransactionOutcome(per, transcript)
+
+
+def _result(reply: Reply) -> RecipientResult:
+    text = _reply_text(reply)
+    if reply.is_positive:
+        return RecipientResult("delivered", text, reply.enhanced or "2.0.0")
+    if reply.is_permanent:
+        return RecipientResult("failed", text, reply.enhanced or "5.0.0")
+    return RecipientResult("deferred", text, reply.enhanced or "4.0.0")
+
+
+def _lines(transcript: list[tuple[str, str]]) -> list[str]:
+    return [f"{d}: {line}" for d, line in transcript]
+
+
+async def _load(source: bytes | str) -> bytes:
+    if isinstance(source, str):
+        data = await asyncio.get_running_loop().run_in_executor(None, _read, source)
+    else:
+        data = source
+    # Return-Path belongs to final delivery (RFC 5321 §4.4): ours goes no further.
+    if data[:12].lower() == b"return-path:":
+        nl = data.find(b"\r\n")
+        while nl >= 0 and data[nl + 2 : nl + 3] in (b" ", b"\t"):
+            nl = data.find(b"\r\n", nl + 2)
+        data = data[nl + 2 :] if nl >= 0 else b""
+    return data
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
