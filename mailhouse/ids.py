@@ -8,14 +8,19 @@ import time
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 
 
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_N = len(_ALPHABET)
+
+
 def new_queue_id() -> str:
     """13 characters, sorting by creation time (ms), unique without coordination."""
     n = (int(time.time() * 1000) << 20) | secrets.randbits(20)
-    out = []
-    for _ in range(13):
-        n, r = divmod(n, len(_ALPHABET))
-        out.append(_ALPHABET[r])
-    return "".join(reversed(out))
+    out = [_ALPHABET[n % _N]]  # 13 = 1 + 6 pairs of base-31 digits
+    n //= _N
+    for _ in range(6):
+        n, r = divmod(n, _N * _N)
+        out.append(_PAIRS[r])
+    return "".join(reversed(out[1:])) + out[0]
 
 
 def new_message_id(hostname: str) -> str:

@@ -16,7 +16,15 @@ _hasher = PasswordHasher()  # argon2id with the library's RFC 9106 "low memory" 
 
 # A real hash of a random password: verifying against it when the account does not
 # exist costs the same time, so response timing does not reveal which users exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+# Made on first use: hashing costs ~0.3 s, too much for every CLI start.
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_hex(16))
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -25,7 +33,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or _dummy(), password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import re
 from dataclasses import dataclass
+
+_UNSAFE = re.compile(r"[^!-'*-\[\]-~]")  # printable ASCII but space, ( ) and backslash
+_date_cache: tuple[int, str] = (-1, "")
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,15 @@ def protocol_name(*, esmtp: bool, tls: bool, authenticated: bool) -> str:
 
 def _clean(text: str) -> str:
     # A HELO name is the client's to choose: keep it from breaking the header.
-    return "".join(ch if 32 < ord(ch) < 127 and ch not in "()\\" else "?" for ch in text)[:255]
+    return _UNSAFE.sub("?", text[:255])
+
+
+def _date(when: float) -> str:
+    global _date_cache
+    sec = int(when)
+    if _date_cache[0] != sec:
+        _date_cache = (sec, email.utils.formatdate(sec, localtime=False, usegmt=False))
+    return _date_cache[1]
 
 
 def received_header(
@@ -42,7 +54,7 @@ def received_header(
         lines.append(f"\t(version={_clean(tls.version)} cipher={_clean(tls.cipher)})")
     if auth_user:
         lines.append(f"\t(authenticated as {_clean(auth_user)})")
-    date = email.utils.formatdate(when, localtime=False, usegmt=False)
+    date = _date(when)
     if recipient:
         lines.append(f"\tfor <{_clean(recipient)}>; {date}")
     else:

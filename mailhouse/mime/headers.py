@@ -38,13 +38,28 @@ Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 # A header section is a run of field lines ("name:" then anything) and their
 # continuation lines (starting with SP/HTAB). Field names are printable ASCII
 # except ":" (RFC 5322 ftext); WSP before the colon is obsolete syntax that is
-# still seen. `\Z` lets the last field end without a line break; with
-# `endpos` it matches at the end of the window, so this works inside a part.
-_HEADER_BLOCK = re.compile(
-    rb"(?:[\x21-\x39\x3b-\x7e]+[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*)*"
-)
+# still seen. The last field may end without a line break (at the end of the
+# buffer or of the window given by `endpos`, so this works inside a part).
+#
+# Rather than matching the block line by line (slow in `re`), the first line
+# is checked once and then a single search finds the first line that is
+# neither a field nor a continuation: `re` skips to each LF at C speed and
+# only looks at the start of the following line.
 _FIRST_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_BAD_LINE = re.compile(rb"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.M)
+
+
+def block_end(buf: Buffer, start: int, end: int) -> int:
+    """End of the run of header field lines at ``buf[start:end]``.
+
+    The offset of the first line that is neither a field nor a continuation
+    (``start`` when the first line is not a field), or ``end``.
+    """
+    if _FIRST_FIELD.match(buf, start, end) is None:
+        return start
+    m = _BAD_LINE.search(buf, start, end)
+    return end if m is None else m.end()
 
 
 def find_header_end(buf: Buffer, start: int = 0, end: int | None = None) -> tuple[int, int]:
@@ -60,8 +75,7 @@ def find_header_end(buf: Buffer, start: int = 0, end: int | None = None) -> tupl
     """
     if end is None:
         end = len(buf)
-    m = _HEADER_BLOCK.match(buf, start, end)
-    e = m.end() if m is not None else start
+    e = block_end(buf, start, end)
     if e >= end:
         return end, end
     c = buf[e]
@@ -120,8 +134,7 @@ def iter_fields(header_bytes: Buffer) -> Iterator[tuple[bytes, bytes]]:
     :func:`unfold` for the text. Only the leading run of well-formed fields is
     considered, so stray body text after a missing separator is ignored.
     """
-    m = _HEADER_BLOCK.match(header_bytes)
-    end = m.end() if m is not None else 0
+    end = block_end(header_bytes, 0, len(header_bytes))
     for fm in _FIELD.finditer(header_bytes, 0, end):
         yield fm.group(1), fm.group(2)
 
@@ -132,11 +145,9 @@ def field_map(header_bytes: Buffer, validated: bool = False) -> dict[bytes, byte
     ``validated=True`` skips re-checking the block when it is known to come
     from :func:`find_header_end` (``buf[start:fields_end]``).
     """
-    if validated:
-        end = len(header_bytes)
-    else:
-        m = _HEADER_BLOCK.match(header_bytes)
-        end = m.end() if m is not None else 0
+    end = len(header_bytes)
+    if not validated:
+        end = block_end(header_bytes, 0, end)
     # Reversed so the first occurrence of a repeated field wins.
     return {name.lower(): value for name, value in reversed(_FIELD.findall(header_bytes, 0, end))}
 

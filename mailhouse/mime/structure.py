@@ -100,7 +100,7 @@ Decisions for broken input:
 from __future__ import annotations
 
 import binascii
-import calendar
+import datetime
 import email.utils
 import functools
 import html
@@ -113,7 +113,6 @@ from mailhouse.mime.headers import (
     Buffer,
     decode_bytes,
     decode_words,
-    field_map,
     find_header_end,
     param_text,
     parse_content_type,
@@ -412,8 +411,26 @@ def _envelope(fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 # --- MIME tree ------------------------------------------------------------------
 
+# The header fields the analysis reads, matched at the start of each line of
+# "\n" + header block: other fields (Received:, DKIM-Signature:, ...) are
+# skipped without scanning or copying their values. Names are compared
+# case-insensitively; the value is everything after the colon, still folded,
+# exactly as :func:`mailhouse.mime.headers.field_map` returns it.
+_WANTED_FIELD = re.compile(
+    rb"\n(content-(?:type|transfer-encoding|disposition|id|description|md5|language|location)"
+    rb"|from|to|cc|bcc|subject|date|sender|reply-to|message-id|in-reply-to|references)"
+    rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
+    re.I,
+)
 _WSP = re.compile(rb"[ \t]*")
 _FIRST_TOKEN = re.compile(r"\s*([^\s;()]+)")
+
+
+def _fields(data: Buffer, start: int, fields_end: int) -> dict[bytes, bytes]:
+    """The first occurrence of each wanted field in the block ``data[start:fields_end]``."""
+    found = _WANTED_FIELD.findall(b"\n" + data[start:fields_end])
+    # Reversed so the first occurrence of a repeated field wins.
+    return {name.lower(): value for name, value in reversed(found)}
 
 
 def _join(section: str, n: int) -> str:
@@ -438,6 +455,7 @@ def _boundary_bytes(value: str, raw_header: bytes) -> bytes:
 class _Walker:
     def __init__(self, buf: _Buf) -> None:
         self.buf = buf
+        self.data = buf.data
         self.parts = 0
 
     def entity(
@@ -451,34 +469,42 @@ class _Walker:
         headerless: bool = False,
     ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
         """Parse the entity at [start, end); returns its node and header fields."""
-        buf = self.buf
+        data = self.data
         if headerless:
             fields_end = body_start = start
         else:
-            fields_end, body_start = find_header_end(buf.data, start, end)
-        fields = field_map(buf.slice(start, fields_end), True) if fields_end > start else {}
+            fields_end, body_start = find_header_end(data, start, end)
+        fields = _fields(data, start, fields_end) if fields_end > start else {}
         self.parts += 1
 
         ctype: str | None = None
         subtype: str | None = None
-        params: dict[str, str] = {}
+        params: dict[str, str]
         raw_ct = fields.get(b"content-type")
         if raw_ct is not None:
             ctype, subtype, params = parse_content_type(unfold(raw_ct))
+        else:
+            params = {}
         if ctype is None or subtype is None:
             ctype, subtype = ("message", "rfc822") if digest else ("text", "plain")
 
-        room = depth < MAX_DEPTH and self.parts < MAX_PARTS
-        boundary = params.get("boundary") if ctype == "multipart" else None
-        if ctype == "multipart" and not (boundary and room):
-            if boundary:
-                ctype, subtype, params = "application", "octet-stream", {}
+        is_multipart = ctype == "multipart"
+        encapsulated = False
+        boundary: str | None = None
+        if is_multipart:
+            boundary = params.get("boundary")
+            if not (boundary and depth < MAX_DEPTH and self.parts < MAX_PARTS):
+                is_multipart = False
+                if boundary:
+                    ctype, subtype, params = "application", "octet-stream", {}
+                else:
+                    ctype, subtype = "text", "plain"
+                    params = {"charset": params.get("charset", "us-ascii")}
+        elif ctype == "message" and subtype in ("rfc822", "global"):
+            if depth < MAX_DEPTH and self.parts < MAX_PARTS:
+                encapsulated = True
             else:
-                ctype, subtype = "text", "plain"
-                params = {"charset": params.get("charset", "us-ascii")}
-        encapsulated = ctype == "message" and subtype in ("rfc822", "global")
-        if encapsulated and not room:
-            ctype, subtype, params, encapsulated = "application", "octet-stream", {}, False
+                ctype, subtype, params = "application", "octet-stream", {}
         if ctype == "text" and "charset" not in params and "charset*" not in params:
             params["charset"] = "us-ascii"
 
@@ -497,7 +523,7 @@ class _Walker:
             if dtype is not None:
                 disposition = {"type": dtype, "params": dparams}
             filename = param_text(dparams, "filename")
-        if filename is None:
+        if filename is None and params and ("name" in params or "name*" in params):
             filename = param_text(params, "name")
 
         language: list[str] | None = None
@@ -508,7 +534,6 @@ class _Walker:
         if location is not None:
             location = "".join(location.split()) or None
 
-        is_multipart = ctype == "multipart"
         node: dict[str, Any] = {
             "section": mp_section if is_multipart else leaf_section,
             "type": ctype,
@@ -539,28 +564,28 @@ class _Walker:
                 subtype == "digest",
             )
         elif encapsulated:
-            node["lines"] = buf.lines(body_start, end)
+            node["lines"] = self.buf.lines(body_start, end)
             inner, inner_fields = self.entity(
                 body_start, end, depth + 1, _join(leaf_section, 1), leaf_section, False
             )
             node["envelope"] = _envelope(inner_fields)
             node["body"] = inner
         elif ctype == "text":
-            node["lines"] = buf.lines(body_start, end)
+            node["lines"] = self.buf.lines(body_start, end)
         return node, fields
 
     def multipart(
         self, start: int, end: int, boundary: bytes, depth: int, section: str, digest: bool
     ) -> list[dict[str, Any]]:
-        buf = self.buf
-        data = buf.data
+        find = self.buf.find
+        data = self.data
         delim = b"--" + boundary
         dlen = len(delim)
         children: list[dict[str, Any]] = []
         part_start = -1  # -1: in the preamble (or after the budget ran out)
         pos = start
         while True:
-            i = buf.find(delim, pos, end)
+            i = find(delim, pos, end)
             if i < 0:
                 break
             pos = i + 1
@@ -569,14 +594,17 @@ class _Walker:
             j = i + dlen
             close = j + 2 <= end and data[j] == 45 and data[j + 1] == 45
             k = j + 2 if close else j
-            ws = _WSP.match(data, k, end)
-            if ws is not None:
-                k = ws.end()
-            if k >= end:
+            c = data[k] if k < end else -1
+            if c == 32 or c == 9:
+                ws = _WSP.match(data, k, end)
+                if ws is not None:
+                    k = ws.end()
+                c = data[k] if k < end else -1
+            if c == -1:
                 eol = end
-            elif data[k] == 10:
+            elif c == 10:
                 eol = k + 1
-            elif data[k] == 13 and k + 1 < end and data[k + 1] == 10:
+            elif c == 13 and k + 1 < end and data[k + 1] == 10:
                 eol = k + 2
             else:
                 continue  # text that merely starts like a delimiter
@@ -587,31 +615,20 @@ class _Walker:
                     part_end -= 1
                     if part_end > part_start and data[part_end - 1] == 13:
                         part_end -= 1
-                children.append(self.child(part_start, part_end, depth, section, children, digest))
+                num = _join(section, len(children) + 1)
+                children.append(self.entity(part_start, part_end, depth, num, num, digest)[0])
             if close or self.parts >= MAX_PARTS:
                 part_start = -1
                 break
             part_start = eol
             pos = eol
         if part_start >= 0:
-            children.append(self.child(part_start, end, depth, section, children, digest))
+            num = _join(section, len(children) + 1)
+            children.append(self.entity(part_start, end, depth, num, num, digest)[0])
         if not children:
-            node, _ = self.entity(start, end, depth, _join(section, 1), _join(section, 1), False, True)
-            children.append(node)
+            num = _join(section, 1)
+            children.append(self.entity(start, end, depth, num, num, False, True)[0])
         return children
-
-    def child(
-        self,
-        start: int,
-        end: int,
-        depth: int,
-        section: str,
-        siblings: list[dict[str, Any]],
-        digest: bool,
-    ) -> dict[str, Any]:
-        num = _join(section, len(siblings) + 1)
-        node, _ = self.entity(start, end, depth, num, num, digest)
-        return node
 
 
 # --- summary --------------------------------------------------------------------
@@ -623,6 +640,11 @@ _HTML_DROP = re.compile(
 _HTML_TAG = re.compile(r"<[A-Za-z/!?][^>]*(?:>|\Z)")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\u200b\ufeff]")
+# For ASCII text the characters that _collapse turns into a single space are
+# exactly the controls, DEL and SP: map them all to SP for bytes.split().
+_ASCII_BLANKS = bytes.maketrans(
+    bytes([*range(0x21), 0x7F]), b" " * 0x22
+)
 _REPORT_PARTS = ("delivery-status", "disposition-notification", "feedback-report")
 
 
@@ -646,10 +668,11 @@ _MONTHS = {
         ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
     )
 }
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 # The RFC 5322 shape nearly every Date: has; email.utils handles the rest.
 _RFC5322_DATE = re.compile(
     r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
-    r"\s+([+-])(\d\d)(\d\d)\b"
+    r"\s+([+-]\d{4})\b"
 )
 
 
@@ -658,17 +681,23 @@ def _timestamp(value: str | None) -> int | None:
         return None
     m = _RFC5322_DATE.match(value)
     if m is not None:
-        month = _MONTHS.get(m.group(2).lower())
-        day = int(m.group(1))
+        day_s, month_s, year_s, hour, minute, second, zone = m.groups()
+        month = _MONTHS.get(month_s.lower())
+        day = int(day_s)
         if month is not None and 1 <= day <= 31:
-            try:
-                stamp = calendar.timegm(
-                    (int(m.group(3)), month, day, int(m.group(4)), int(m.group(5)), int(m.group(6) or 0))
-                )
-            except (ValueError, OverflowError):
-                return None
-            offset = (int(m.group(8)) * 60 + int(m.group(9))) * 60
-            return stamp - offset if m.group(7) == "+" else stamp + offset
+            year = int(year_s)
+            if not year:
+                return None  # datetime's range starts at year 1
+            # As calendar.timegm: day 31 of a short month runs into the next.
+            days = datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL + day - 1
+            stamp = ((days * 24 + int(hour)) * 60 + int(minute)) * 60
+            if second:
+                stamp += int(second)
+            z = int(zone)
+            if z < 0:
+                z = -z
+            offset = (z // 100 * 60 + z % 100) * 60
+            return stamp - offset if zone[0] == "+" else stamp + offset
     try:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
@@ -676,15 +705,6 @@ def _timestamp(value: str | None) -> int | None:
         return int(email.utils.mktime_tz(parsed))
     except Exception:  # parsedate_tz/mktime_tz raise assorted errors on junk
         return None
-
-
-def _leaves(node: dict[str, Any], parent: str, out: list[tuple[dict[str, Any], str]]) -> None:
-    parts = node.get("parts")
-    if parts is None:
-        out.append((node, parent))
-        return
-    for child in parts:
-        _leaves(child, node["subtype"], out)
 
 
 def _is_attachment(node: dict[str, Any], parent: str) -> bool:
@@ -716,6 +736,21 @@ def _b64_prefix(chunk: bytes, truncated: bool) -> bytes:
         return b""
 
 
+_ASCII = bytes(range(128))
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_superset(charset: str | None) -> bool:
+    """Does :func:`decode_bytes` with this charset decode ASCII bytes as ASCII?"""
+    try:
+        return decode_bytes(_ASCII, charset) == _ASCII.decode("ascii") and all(
+            decode_bytes(_ASCII[:n], charset, final=False) == _ASCII[:n].decode("ascii")
+            for n in (1, 2, 3, 4)
+        )
+    except Exception:
+        return False
+
+
 def _preview(buf: _Buf, node: dict[str, Any]) -> str:
     start, end = node["body_start"], node["body_end"]
     is_html = node["subtype"] == "html"
@@ -734,10 +769,15 @@ def _preview(buf: _Buf, node: dict[str, Any]) -> str:
             if truncated:
                 chunk = chunk[: chunk.rfind(b"\n") + 1] or chunk
             chunk = binascii.a2b_qp(chunk)
-        text = decode_bytes(chunk, charset, final=not truncated)
-        if is_html:
-            text = html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text)))
-        text = _collapse(text)
+        if not is_html and chunk.isascii() and _ascii_superset(charset):
+            # Plain ASCII text (the usual case) is collapsed as bytes: the
+            # same words, without decoding kilobytes first.
+            text = _collapse_ascii(chunk)
+        else:
+            text = decode_bytes(chunk, charset, final=not truncated)
+            if is_html:
+                text = html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text)))
+            text = _collapse(text)
         if len(text) >= PREVIEW_CHARS or not truncated:
             break
     return text[:PREVIEW_CHARS]
@@ -754,7 +794,30 @@ def _collapse(text: str) -> str:
         size *= 4
 
 
-def _summary(buf: _Buf, envelope: dict[str, Any], fields: dict[bytes, bytes], body: dict[str, Any]) -> dict[str, Any]:
+def _collapse_ascii(chunk: bytes) -> str:
+    # As _collapse(chunk.decode("ascii")): a prefix of the collapsed text
+    # that is longer than PREVIEW_CHARS, or all of it.
+    size = PREVIEW_CHARS + PREVIEW_CHARS // 4
+    while True:
+        out = b" ".join(chunk[:size].translate(_ASCII_BLANKS).split())
+        if len(out) > PREVIEW_CHARS or size >= len(chunk):
+            return out.decode("ascii")
+        size *= 4
+
+
+def _flat(addrs: list[Address] | None) -> list[str]:
+    if not addrs:
+        return []
+    return [s for a in addrs if a[3] is not None and (s := address_string(a))]
+
+
+def _add_summary(
+    result: dict[str, Any],
+    buf: _Buf,
+    envelope: dict[str, Any],
+    fields: dict[bytes, bytes],
+    body: dict[str, Any],
+) -> None:
     subject = envelope["subject"]
     from_name = from_address = ""
     for addr in envelope["from"] or ():
@@ -763,20 +826,23 @@ def _summary(buf: _Buf, envelope: dict[str, Any], fields: dict[bytes, bytes], bo
             from_address = address_string(addr)
             break
 
-    def flat(addrs: list[Address] | None) -> list[str]:
-        return [s for a in addrs or () if a[3] is not None and (s := address_string(a))]
-
-    leaves: list[tuple[dict[str, Any], str]] = []
-    _leaves(body, "", leaves)
     has_attachments = False
     plain: dict[str, Any] | None = None
     rich: dict[str, Any] | None = None
-    for node, parent in leaves:
-        if _is_attachment(node, parent):
+    # The leaves in order, each with the subtype of its multipart parent.
+    stack: list[tuple[dict[str, Any], str]] = [(body, "")]
+    while stack:
+        node, parent = stack.pop()
+        parts = node.get("parts")
+        if parts is not None:
+            subtype = node["subtype"]
+            stack.extend((child, subtype) for child in reversed(parts))
+        elif _is_attachment(node, parent):
             has_attachments = True
         elif node["type"] == "text":
-            if node["subtype"] == "plain" and plain is None:
-                plain = node
+            if node["subtype"] == "plain":
+                if plain is None:
+                    plain = node
             elif node["subtype"] == "html" and rich is None:
                 rich = node
     preview = ""
@@ -785,19 +851,17 @@ def _summary(buf: _Buf, envelope: dict[str, Any], fields: dict[bytes, bytes], bo
             preview = _preview(buf, candidate)
             if preview:
                 break
-    return {
-        "subject": decode_words(subject) if subject is not None else "",
-        "from_name": from_name,
-        "from_address": from_address,
-        "to": flat(envelope["to"]),
-        "cc": flat(envelope["cc"]),
-        "date": _timestamp(envelope["date"]),
-        "message_id": _first_msgid(envelope["message_id"]),
-        "in_reply_to": _first_msgid(envelope["in_reply_to"]),
-        "references": _msgids(fields.get(b"references")),
-        "has_attachments": has_attachments,
-        "preview": preview,
-    }
+    result["subject"] = decode_words(subject) if subject is not None else ""
+    result["from_name"] = from_name
+    result["from_address"] = from_address
+    result["to"] = _flat(envelope["to"])
+    result["cc"] = _flat(envelope["cc"])
+    result["date"] = _timestamp(envelope["date"])
+    result["message_id"] = _first_msgid(envelope["message_id"])
+    result["in_reply_to"] = _first_msgid(envelope["in_reply_to"])
+    result["references"] = _msgids(fields.get(b"references"))
+    result["has_attachments"] = has_attachments
+    result["preview"] = preview
 
 
 # --- entry point ----------------------------------------------------------------
@@ -813,8 +877,7 @@ def analyze(raw: bytes | memoryview | mmap.mmap) -> dict[str, Any]:
 
 def _analyze(raw: bytes | memoryview | mmap.mmap) -> dict[str, Any]:
     buf = _Buf(raw)
-    walker = _Walker(buf)
-    body, fields = walker.entity(0, buf.size, 0, "1", "", False)
+    body, fields = _Walker(buf).entity(0, buf.size, 0, "1", "", False)
     envelope = _envelope(fields)
     result: dict[str, Any] = {
         "v": SCHEMA_VERSION,
@@ -822,7 +885,7 @@ def _analyze(raw: bytes | memoryview | mmap.mmap) -> dict[str, Any]:
         "envelope": envelope,
         "body": body,
     }
-    result.update(_summary(buf, envelope, fields, body))
+    _add_summary(result, buf, envelope, fields, body)
     return result
 
 

@@ -49,6 +49,11 @@ class Transaction:
 
 
 class SMTPSession(asyncio.BufferedProtocol):
+    """One connection. Events are handled inline from the protocol callbacks; only the
+    decisions that must wait (a login, the durable commit, the TLS handshake) run as
+    a task, and input is held in the machine meanwhile. No task or timer per
+    command: the cost per message stays in the tens of microseconds."""
+
     def __init__(
         self, ctx: Context, listener: str, *, implicit_tls: bool, registry: set[SMTPSession] | None = None
     ) -> None:
@@ -71,10 +76,10 @@ class SMTPSession(asyncio.BufferedProtocol):
         )
         self._buf = bytearray(READ_SIZE)
         self._view = memoryview(self._buf)
-        self._wake = asyncio.Event()
         self._tls_pending: list[bytes] | None = None
         self._paused = False
-        self._lost = False
+        self._closed = False
+        self._busy = False  # a decision task is running: the machine waits for it
         self.transport: asyncio.Transport | None = None
         self.peer_ip = "unknown"
         self.helo = ""
@@ -86,11 +91,17 @@ class SMTPSession(asyncio.BufferedProtocol):
         self.messages = 0
         self.task: asyncio.Task[None] | None = None
         self._counted = False
+        self._last_activity = time.monotonic()
+        self._data_deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ protocol side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if peer else "unknown"
         sock = transport.get_extra_info("socket")
@@ -99,7 +110,28 @@ class SMTPSession(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.implicit_tls:
             self._note_tls(transport)
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        ip = self.peer_ip
+        lim = self.ctx.config.limits
+        if self.ctx.shutting_down.is_set():
+            self.machine.refuse(421, "4.3.2", "Service shutting down")
+            self._close()
+            return
+        if self.ctx.total_connections >= lim.max_connections:
+            self.machine.refuse(421, "4.7.0", "Error: too many connections")
+            logger.info("reject: connect from [%s] on %s: too many connections", ip, self.listener)
+            self._close()
+            return
+        if self.ctx.connections[ip] >= lim.max_connections_per_ip:
+            self.machine.refuse(421, "4.7.0", f"Error: too many connections from {ip}")
+            logger.info("reject: connect from [%s] on %s: too many connections from this address", ip, self.listener)
+            self._close()
+            return
+        self.ctx.connections[ip] += 1
+        self._counted = True
+        logger.info("connect from [%s] on %s%s", ip, self.listener, " (TLS)" if self.implicit_tls else "")
+        self.machine.greet()
+        self._flush()
+        self._timer = loop.call_later(self.ctx.config.limits.command_timeout, self._check_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -112,22 +144,29 @@ class SMTPSession(asyncio.BufferedProtocol):
             self._tls_pending.append(data)
             return
         self.machine.receive_data(data)
-        self._wake.set()
-        if self.machine.buffered_input > MAX_BUFFERED_INPUT and self.transport and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
+        if self._busy:
+            if self.machine.buffered_input > MAX_BUFFERED_INPUT and self.transport and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            return
+        self._drive()
 
     def eof_received(self) -> bool | None:
         if self._tls_pending is None:
             self.machine.receive_data(b"")
-        self._wake.set()
+            if not self._busy:
+                self._drive()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        self._wake.set()
+        if not self._closed:
+            if self.in_data and self.tx is not None:
+                logger.info("%s: lost connection with [%s] during DATA", self.tx.queue_id, self.peer_ip)
+            if self.task is not None and not self.task.done() and self._tls_pending is None:
+                return  # the running decision finishes (a commit must not be cut short)
+            self._close()
 
-    # ------------------------------------------------------------ session task
+    # ------------------------------------------------------------ driving the machine
     def _send(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -135,91 +174,113 @@ class SMTPSession(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._send(self.machine.data_to_send())
 
-    async def run(self) -> None:
-        ip = self.peer_ip
-        lim = self.ctx.config.limits
+    def _drive(self) -> None:
+        """Handle events until the machine needs input or a decision must wait."""
+        m = self.machine
         try:
-            if self.ctx.total_connections >= lim.max_connections:
-                self.machine.refuse(421, "4.7.0", "Error: too many connections")
-                self._flush()
-                logger.info("reject: connect from [%s] on %s: too many connections", ip, self.listener)
-                return
-            if self.ctx.connections[ip] >= lim.max_connections_per_ip:
-                self.machine.refuse(421, "4.7.0", f"Error: too many connections from {ip}")
-                self._flush()
-                logger.info("reject: connect from [%s] on %s: too many connections from this address", ip, self.listener)
-                return
-            self.ctx.connections[ip] += 1
-            self._counted = True
-            logger.info("connect from [%s] on %s%s", ip, self.listener, " (TLS)" if self.implicit_tls else "")
-            self.machine.greet()
-            await self._loop()
-        except asyncio.CancelledError:
-            self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
+            while not self._closed:
+                ev = m.next_event()
+                if ev is sm.NEED_DATA:
+                    self._flush()
+                    if self._paused and self.transport is not None:
+                        self._paused = False
+                        self.transport.resume_reading()
+                    if self.ctx.shutting_down.is_set() and not self.in_data:
+                        self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
+                        self._close()
+                    return
+                self._last_activity = time.monotonic()
+                if isinstance(ev, sm.DataChunk):
+                    if self.tx is not None and self.tx.assembler is not None:
+                        self.tx.assembler.feed(ev.data)
+                elif isinstance(ev, sm.DataComplete | sm.AuthAttempt | sm.StartTLS):
+                    self._busy = True
+                    self.task = asyncio.get_running_loop().create_task(self._decide(ev))
+                    return
+                elif isinstance(ev, sm.Quit | sm.ConnectionClosed):
+                    self._close()
+                    return
+                else:
+                    self._handle_sync(ev)
+                if m.closed:
+                    self._close()
+                    return
         except Exception:
-            logger.exception("session with [%s] failed", ip)
+            logger.exception("session with [%s] failed", self.peer_ip)
             self._send(format_reply(421, "4.3.0", f"{self.ctx.config.hostname} Error: internal error, closing"))
-        finally:
-            if self.registry is not None:
-                self.registry.discard(self)
-            self._end_transaction("session ended")
-            if self._counted:
-                self.ctx.connections[ip] -= 1
-                if self.ctx.connections[ip] <= 0:
-                    del self.ctx.connections[ip]
-                logger.info("disconnect from [%s] helo=%s messages=%d", ip, self.helo or "-", self.messages)
-            if self.transport is not None:
-                self._flush_quietly()
-                self.transport.close()
+            self._close()
 
-    def _flush_quietly(self) -> None:
-        with contextlib.suppress(Exception):
-            self._flush()
-
-    async def _loop(self) -> None:
-        lim = self.ctx.config.limits
-        deadline = time.monotonic() + lim.command_timeout
-        data_deadline = 0.0
-        while True:
-            ev = self.machine.next_event()
-            if ev is sm.NEED_DATA:
-                self._flush()
-                if self.machine.closed or self._lost:
-                    return
-                if self._paused and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
-                now = time.monotonic()
-                limit = min(deadline, data_deadline) if self.in_data else deadline
-                if now >= limit:
-                    self._send(format_reply(421, "4.4.2", f"{self.ctx.config.hostname} Error: timeout exceeded"))
-                    logger.info("timeout after %s from [%s]", "DATA" if self.in_data else "command", self.peer_ip)
-                    return
-                if self.ctx.shutting_down.is_set() and not self.in_data:
-                    self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(limit - now, 1.0) if self.ctx.shutting_down.is_set() else limit - now):
-                        await self._wake.wait()
-                continue
-            if ev is sm.PAUSED:  # every decision is taken below before we ask again
-                raise RuntimeError("SMTP machine paused without a pending decision")
-            deadline = time.monotonic() + lim.command_timeout
-            if isinstance(ev, sm.DataStart):
-                data_deadline = time.monotonic() + lim.data_timeout
+    async def _decide(self, ev: Any) -> None:
+        try:
             await self._handle(ev)
-            if self.machine.closed:
+        except Exception:
+            logger.exception("session with [%s] failed", self.peer_ip)
+            self._send(format_reply(421, "4.3.0", f"{self.ctx.config.hostname} Error: internal error, closing"))
+            self._close()
+            return
+        finally:
+            self._busy = False
+        if self.transport is None or self.transport.is_closing():
+            self._close()
+            return
+        self._drive()
+
+    def _check_timeout(self) -> None:
+        if self._closed:
+            return
+        lim = self.ctx.config.limits
+        now = time.monotonic()
+        limit = self._last_activity + lim.command_timeout
+        if self.in_data:
+            limit = min(limit, self._data_deadline)
+        if self._busy:
+            limit = max(limit, now + 1.0)  # our own decision is not the client's delay
+        if now >= limit:
+            self._send(format_reply(421, "4.4.2", f"{self.ctx.config.hostname} Error: timeout exceeded"))
+            logger.info("timeout after %s from [%s]", "DATA" if self.in_data else "command", self.peer_ip)
+            self._close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(limit - now, self._check_timeout)
+
+    def shutdown(self) -> None:
+        """Server stopping: an idle session is told so now; one in DATA may finish."""
+        if not self._closed and not self.in_data and not self._busy:
+            self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
+            self._close()
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._send(format_reply(421, "4.3.2", f"{self.ctx.config.hostname} Service shutting down"))
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+            self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._end_transaction("session ended")
+        if self.registry is not None:
+            self.registry.discard(self)
+        if self._counted:
+            ip = self.peer_ip
+            self.ctx.connections[ip] -= 1
+            if self.ctx.connections[ip] <= 0:
+                del self.ctx.connections[ip]
+            logger.info("disconnect from [%s] helo=%s messages=%d", ip, self.helo or "-", self.messages)
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
                 self._flush()
-                return
+            self.transport.close()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
     # ------------------------------------------------------------ decisions
-    async def _handle(self, ev: Any) -> None:
+    def _handle_sync(self, ev: Any) -> None:
         m = self.machine
-        if isinstance(ev, sm.DataChunk):
-            if self.tx is not None and self.tx.assembler is not None:
-                self.tx.assembler.feed(ev.data)
-        elif isinstance(ev, sm.Hello):
+        if isinstance(ev, sm.Hello):
             self.helo, self.esmtp = ev.name, ev.extended
         elif isinstance(ev, sm.MailFrom):
             self._end_transaction("new transaction")
@@ -228,22 +289,23 @@ class SMTPSession(asyncio.BufferedProtocol):
         elif isinstance(ev, sm.RcptTo):
             self._rcpt(ev)
         elif isinstance(ev, sm.DataStart):
+            self._data_deadline = time.monotonic() + self.ctx.config.limits.data_timeout
             self._data_start()
-        elif isinstance(ev, sm.DataComplete):
-            await self._data_complete()
         elif isinstance(ev, sm.DataAborted):
             self.in_data = False
             if self.tx is not None:
                 logger.info("%s: message aborted from [%s]: %s", self.tx.queue_id, self.peer_ip, ev.reason)
                 self._discard_blob()
+        elif isinstance(ev, sm.Reset):
+            self._end_transaction("reset")
+
+    async def _handle(self, ev: Any) -> None:
+        if isinstance(ev, sm.DataComplete):
+            await self._data_complete()
         elif isinstance(ev, sm.AuthAttempt):
             await self._auth(ev)
         elif isinstance(ev, sm.StartTLS):
             await self._starttls()
-        elif isinstance(ev, sm.Reset):
-            self._end_transaction("reset")
-        elif isinstance(ev, sm.Quit | sm.ConnectionClosed):
-            pass
 
     def _rcpt(self, ev: sm.RcptTo) -> None:
         m = self.machine
@@ -389,11 +451,12 @@ class SMTPSession(asyncio.BufferedProtocol):
             new_transport = await loop.start_tls(transport, self, self.ctx.tls, server_side=True)
         except (ssl.SSLError, OSError, ConnectionError) as e:
             logger.info("[%s]: TLS handshake failed: %s", self.peer_ip, e)
-            self._lost = True
             self._tls_pending = None
+            self._close()
             return
         if new_transport is None:
-            self._lost = True
+            self._tls_pending = None
+            self._close()
             return
         self.transport = new_transport
         self._note_tls(new_transport)
@@ -402,7 +465,6 @@ class SMTPSession(asyncio.BufferedProtocol):
         pending, self._tls_pending = self._tls_pending, None
         for chunk in pending or []:
             self.machine.receive_data(chunk)
-        self._wake.set()
 
     def _note_tls(self, transport: asyncio.BaseTransport) -> None:
         obj = transport.get_extra_info("ssl_object")
@@ -453,13 +515,16 @@ class SMTPListener:
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+        for session in list(self.sessions):
+            session.shutdown()
 
     async def drain(self, grace: float = SHUTDOWN_GRACE) -> None:
+        waits = [s.done for s in self.sessions if s.done is not None and not s.done.done()]
+        if waits:
+            await asyncio.wait(waits, timeout=grace)
         tasks = [s.task for s in self.sessions if s.task is not None and not s.task.done()]
+        for session in list(self.sessions):
+            session.abort()
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2.0)
+            await asyncio.wait(tasks, timeout=2.0)
         self.sessions.clear()

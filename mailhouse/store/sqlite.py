@@ -182,6 +182,14 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._reader_lock = threading.Lock()
         self.commits = 0  # for the benchmark: how many transactions carried the writes
+        # Recipient lookups run for every RCPT: they read an in-memory snapshot of
+        # domains, accounts and aliases, reloaded when the directory counter (moved by
+        # triggers) says this process or another (the CLI) changed them.
+        self._snapshot_version = -1
+        self._snapshot_checked = 0.0
+        self._domains: set[str] = set()
+        self._accounts: dict[str, Account] = {}
+        self._aliases: dict[str, Alias] = {}
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -245,30 +253,7 @@ class SQLiteStore(Store):
                     stop = True
                     break
                 batch.append(j)
-            results: list[tuple[_Job, Any, BaseException | None]] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for j in batch:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        r = j.fn(conn)
-                    except BaseException as e:  # the job's own error goes to its caller
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                        results.append((j, None, e))
-                    else:
-                        conn.execute("RELEASE job")
-                        results.append((j, r, None))
-                orphans = conn.execute(
-                    "DELETE FROM blobs WHERE refs <= 0 RETURNING path"
-                ).fetchall()
-                conn.execute("COMMIT")
-                self.commits += 1
-            except BaseException as e:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                results = [(j, None, e) for j in batch]
-                orphans = []
+            results, orphans = self._run_batch(conn, batch)
             for (path,) in orphans:
                 if path:
                     with contextlib.suppress(OSError):
@@ -280,6 +265,30 @@ class SQLiteStore(Store):
                             hook()
                 self._settle(j, r, err)
         conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Job]
+    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[str | None]]]:
+        """All jobs in one transaction; if one fails, each again in its own, so a
+        failing job sinks only itself (cheaper than a savepoint per job)."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results: list[tuple[_Job, Any, BaseException | None]] = [(j, j.fn(conn), None) for j in batch]
+            orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING path").fetchall()
+            conn.execute("COMMIT")
+            self.commits += 1
+            return results, orphans
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if len(batch) == 1:
+                return [(batch[0], None, e)], []
+        results, orphans = [], []
+        for j in batch:
+            r, o = self._run_batch(conn, [j])
+            results += r
+            orphans += o
+        return results, orphans
 
     @staticmethod
     def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
@@ -311,7 +320,10 @@ class SQLiteStore(Store):
         fut: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, loop, fut, after_commit or []))
         # Shielded: a cancelled caller (client gone) must not hide a commit's outcome.
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            self._snapshot_checked = 0.0  # our own change is seen by the next lookup
 
     # ------------------------------------------------------------------ readers
     def _read_conn(self) -> sqlite3.Connection:
@@ -332,6 +344,32 @@ class SQLiteStore(Store):
             raise StoreError("store is not open")
         with self._reader_lock:
             return self._reader.execute(sql, args).fetchone()
+
+    SNAPSHOT_CHECK_INTERVAL = 0.1
+
+    def _snapshot(self) -> None:
+        now = time.monotonic()
+        if now - self._snapshot_checked < self.SNAPSHOT_CHECK_INTERVAL:
+            return
+        self._snapshot_checked = now
+        if self._reader is None:
+            raise StoreError("store is not open")
+        with self._reader_lock:
+            c = self._reader
+            key = c.execute("SELECT value FROM meta WHERE key = 'directory'").fetchone()[0]
+            if key == self._snapshot_version:
+                return
+            c.execute("BEGIN")
+            try:
+                self._domains = {r[0] for r in c.execute("SELECT name FROM domains")}
+                self._accounts = {r[1]: Account(*r) for r in c.execute(self._ACCOUNT_SQL)}
+                self._aliases = {a: Alias(a, json.loads(t)) for a, t in c.execute("SELECT address, targets FROM aliases")}
+            finally:
+                c.execute("COMMIT")
+            self._snapshot_version = key
+
+    def _invalidate_snapshot(self) -> None:
+        self._snapshot_checked = 0.0
 
     # ------------------------------------------------------------------ domains
     async def add_domain(self, name: str, *, exist_ok: bool = False) -> Domain:
@@ -370,7 +408,8 @@ class SQLiteStore(Store):
         )
 
     def is_local_domain(self, name: str) -> bool:
-        return self._quick("SELECT 1 FROM domains WHERE name = ?", (name.lower().rstrip("."),)) is not None
+        self._snapshot()
+        return name.lower().rstrip(".") in self._domains
 
     # ------------------------------------------------------------------ accounts
     async def add_account(self, address: str, password_hash: str) -> Account:
@@ -432,8 +471,8 @@ class SQLiteStore(Store):
         )
 
     def find_account(self, address: str) -> Account | None:
-        row = self._quick(self._ACCOUNT_SQL + " WHERE a.address = ?", (address.lower(),))
-        return Account(*row) if row else None
+        self._snapshot()
+        return self._accounts.get(address.lower())
 
     # ------------------------------------------------------------------ aliases
     async def add_alias(self, address: str, targets: list[str]) -> Alias:
@@ -477,8 +516,8 @@ class SQLiteStore(Store):
         )
 
     def find_alias(self, address: str) -> Alias | None:
-        row = self._quick("SELECT address, targets FROM aliases WHERE address = ?", (address.lower(),))
-        return Alias(row[0], json.loads(row[1])) if row else None
+        self._snapshot()
+        return self._aliases.get(address.lower())
 
     # ------------------------------------------------------------------ folders, messages
     _FOLDER_SQL = (
