@@ -27,7 +27,7 @@ LISTENER_NAMES = (
 
 # Listeners whose protocol is not built yet; naming one is refused at `serve` start
 # so a configuration is never half-honoured in silence.
-UNBUILT_LISTENERS = frozenset({"imap", "imaps", "pop3", "pop3s", "http", "https"})
+UNBUILT_LISTENERS = frozenset({"imap", "imaps", "http", "https"})
 
 DEV_LISTEN = {
     "smtp": "127.0.0.1:2525",
@@ -130,6 +130,8 @@ class Config:
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     tls_policy: dict[str, str] = field(default_factory=dict)  # next-hop domain -> TLS_POLICIES
     limits: Limits = field(default_factory=Limits)
+    # IMAP/POP3 logins without TLS from non-loopback clients (loopback is always allowed).
+    allow_plaintext_auth: bool = False
     path: Path | None = None  # the file this came from; None: development defaults
 
     @property
@@ -176,7 +178,8 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     base = path.parent.resolve()
     _check_keys(
         doc,
-        {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits", "tls_policy"},
+        {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits",
+         "tls_policy", "allow_plaintext_auth"},
         path.name,
     )
     cfg = Config(path=path.resolve())
@@ -189,6 +192,10 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
         raise ConfigError("domains: expected a list of domain names")
     cfg.domains = [d.lower().rstrip(".") for d in domains]
     cfg.data_dir = _resolve(base, doc.get("data_dir", "data"), "data_dir")
+    plain = doc.get("allow_plaintext_auth", False)
+    if not isinstance(plain, bool):
+        raise ConfigError("allow_plaintext_auth: expected true or false")
+    cfg.allow_plaintext_auth = plain
 
     listen = _table(doc, "listen")
     _check_keys(listen, set(LISTENER_NAMES), "[listen]")

@@ -11,6 +11,7 @@ from .auth.service import Authenticator
 from .config import UNBUILT_LISTENERS, Config, ConfigError
 from .context import Context
 from .dns.resolver import Resolver
+from .net.pop3 import POP3Listener
 from .net.smtp import SMTPListener
 from .net.smtp_client import SMTPDeliverer
 from .net.tls import server_context
@@ -46,11 +47,13 @@ async def serve(config: Config) -> None:
                              max_parallel=config.queue.max_connections)
         ctx.on_queued = queue.kick
         queue_task = asyncio.get_running_loop().create_task(queue.run())
-        listeners: list[SMTPListener] = []
-        for name in SMTP_LISTENERS:
+        listeners: list[SMTPListener | POP3Listener] = []
+        for name in (*SMTP_LISTENERS, "pop3", "pop3s"):
             if name in config.listen:
                 host, port = config.listen[name]
-                lst = SMTPListener(ctx, name, host, port)
+                lst: SMTPListener | POP3Listener = (
+                    SMTPListener(ctx, name, host, port) if name in SMTP_LISTENERS else POP3Listener(ctx, name, host, port)
+                )
                 try:
                     await lst.start()
                 except OSError as e:

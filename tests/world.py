@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-LISTENERS = ("smtp", "submission", "submissions")
+LISTENERS = ("smtp", "submission", "submissions", "pop3", "pop3s")
 
 
 def free_port() -> int:

@@ -298,7 +298,17 @@ def _simple_addresses(value: str) -> list[Address] | None:
         if bare_local is not None:
             out.append([None, None, bare_local, bare_host])
         else:
-            name = quoted if quoted else (_WS_RUN.sub(" ", phrase) if phrase else None)
+            if quoted:
+                name: str | None = quoted
+            elif phrase:
+                # Single spaces between words (the usual case) stay as they are.
+                name = (
+                    phrase
+                    if phrase.isprintable() and "  " not in phrase
+                    else _WS_RUN.sub(" ", phrase)
+                )
+            else:
+                name = None
             out.append([name or None, None, local, host])
         pos = m.end()
     return out
@@ -390,22 +400,29 @@ def _addresses(raw: bytes | None) -> list[Address] | None:
 
 
 def _envelope(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    def s(name: bytes) -> str | None:
-        v = fields.get(name)
-        return None if v is None else unfold(v)
-
-    frm = _addresses(fields.get(b"from"))
+    get = fields.get
+    date = get(b"date")
+    subject = get(b"subject")
+    frm = get(b"from")
+    sender = get(b"sender")
+    reply_to = get(b"reply-to")
+    to = get(b"to")
+    cc = get(b"cc")
+    bcc = get(b"bcc")
+    in_reply_to = get(b"in-reply-to")
+    message_id = get(b"message-id")
+    from_addrs = None if frm is None else (parse_address_list(unfold(frm)) or None)
     return {
-        "date": s(b"date"),
-        "subject": s(b"subject"),
-        "from": frm,
-        "sender": _addresses(fields.get(b"sender")) or frm,
-        "reply_to": _addresses(fields.get(b"reply-to")) or frm,
-        "to": _addresses(fields.get(b"to")),
-        "cc": _addresses(fields.get(b"cc")),
-        "bcc": _addresses(fields.get(b"bcc")),
-        "in_reply_to": s(b"in-reply-to"),
-        "message_id": s(b"message-id"),
+        "date": None if date is None else unfold(date),
+        "subject": None if subject is None else unfold(subject),
+        "from": from_addrs,
+        "sender": from_addrs if sender is None else (_addresses(sender) or from_addrs),
+        "reply_to": from_addrs if reply_to is None else (_addresses(reply_to) or from_addrs),
+        "to": None if to is None else _addresses(to),
+        "cc": None if cc is None else _addresses(cc),
+        "bcc": None if bcc is None else _addresses(bcc),
+        "in_reply_to": None if in_reply_to is None else unfold(in_reply_to),
+        "message_id": None if message_id is None else unfold(message_id),
     }
 
 

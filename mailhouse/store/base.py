@@ -7,19 +7,22 @@ Writes are durable when their coroutine returns: committed and fsync'd.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .models import (
     Account,
     Alias,
     AttemptOutcome,
+    Change,
     Delivered,
     Domain,
+    FlagChange,
     Folder,
     Incoming,
     JourneyEvent,
     LocalTarget,
     Message,
+    MessageState,
     QueueEntry,
 )
 
@@ -118,6 +121,63 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_folder(self, account_id: int, name: str) -> Folder | None: ...
+
+    @abc.abstractmethod
+    async def create_folder(self, account_id: int, name: str, special_use: str | None = None) -> Folder:
+        """StoreError("exists") when the name is taken."""
+
+    @abc.abstractmethod
+    async def delete_folder(self, account_id: int, name: str) -> None:
+        """Remove a folder and its messages; INBOX cannot be removed."""
+
+    @abc.abstractmethod
+    async def rename_folder(self, account_id: int, old: str, new: str) -> None:
+        """Rename a folder and its children (`old/...`). Renaming INBOX moves its
+        messages to a new folder and leaves INBOX empty (RFC 9051 §6.3.6)."""
+
+    @abc.abstractmethod
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def folder_states(self, folder_id: int) -> list[MessageState]:
+        """Every message's UID, flags, modseq and size, by UID."""
+
+    @abc.abstractmethod
+    async def get_messages(self, folder_id: int, uids: list[int]) -> list[Message]: ...
+
+    @abc.abstractmethod
+    async def store_flags(
+        self,
+        folder_id: int,
+        uids: list[int],
+        mode: str,
+        flags: set[str],
+        unchanged_since: int | None = None,
+    ) -> tuple[list[FlagChange], list[int]]:
+        """mode: "add" / "remove" / "replace". Returns (changed, failed-by-UNCHANGEDSINCE)."""
+
+    @abc.abstractmethod
+    async def expunge(self, folder_id: int, uids: list[int] | None = None) -> list[int]:
+        """Remove \\Deleted messages (only those among `uids` when given); the UIDs gone."""
+
+    @abc.abstractmethod
+    async def copy_messages(
+        self, folder_id: int, uids: list[int], target_folder_id: int, *, move: bool = False
+    ) -> list[tuple[int, int]]:
+        """(source UID, new UID) pairs; a move expunges the sources in the same commit."""
+
+    @abc.abstractmethod
+    async def vanished_since(self, folder_id: int, modseq: int) -> list[int]:
+        """UIDs expunged after `modseq` (QRESYNC)."""
+
+    @abc.abstractmethod
+    def subscribe_changes(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call back (on the event loop) after every commit that changes a mailbox;
+        returns the unsubscribe function."""
+
+    @abc.abstractmethod
+    async def mailbox_usage(self, account_id: int) -> int:
+        """Bytes of mail stored for the account (QUOTA)."""
 
     @abc.abstractmethod
     async def list_messages(self, folder_id: int) -> list[Message]: ...

@@ -140,6 +140,7 @@ class Delivered:
     address: str
     folder: str
     uid: int
+    folder_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,3 +209,34 @@ class AttemptOutcome:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     warned: bool = False
     count_attempt: bool = True
+
+
+@dataclass(frozen=True)
+class MessageState:
+    """The per-message state a mailbox session keeps: cheap to load for 100,000."""
+
+    uid: int
+    flags: int  # FLAG_BITS
+    keywords: str
+    modseq: int
+    size: int
+
+    @property
+    def flag_set(self) -> set[str]:
+        return bits_to_flags(self.flags, self.keywords)
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    uid: int
+    flags: set[str]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """Published after a commit that touched a folder (for IDLE, SSE, other sessions)."""
+
+    account_id: int
+    folder_id: int
+    kind: str  # "exists" / "flags" / "expunge" / "folders"

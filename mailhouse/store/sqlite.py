@@ -39,17 +39,21 @@ from typing import Any, TypeVar
 
 from .base import BlobWriter, NotFound, Store, StoreError
 from .models import (
+    FLAG_BITS,
     SPECIAL_FOLDERS,
     Account,
     Alias,
     AttemptOutcome,
+    Change,
     Delivered,
     Domain,
+    FlagChange,
     Folder,
     Incoming,
     JourneyEvent,
     LocalTarget,
     Message,
+    MessageState,
     QueueEntry,
     QueueRecipient,
     bits_to_flags,
@@ -190,6 +194,7 @@ class SQLiteStore(Store):
         self._domains: set[str] = set()
         self._accounts: dict[str, Account] = {}
         self._aliases: dict[str, Alias] = {}
+        self._change_listeners: list[Callable[[Change], None]] = []
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -619,7 +624,7 @@ class SQLiteStore(Store):
             "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (fid, uid, blob_id, internal_date, size, bits, keywords, modseq, queue_id, message_id, parse_json),
         )
-        return Delivered(target.account_id, target.address, fname, uid)
+        return Delivered(target.account_id, target.address, fname, uid, fid)
 
     def _deliver_tx(self, c: sqlite3.Connection, blob: SpoolBlob, incoming: Incoming, parse_json: str) -> list[Delivered]:
         now = _now()
@@ -669,9 +674,11 @@ class SQLiteStore(Store):
         sb = await self._prepare(blob)
         parse_json = json.dumps(incoming.parse, separators=(",", ":"))
         try:
-            return await self._write(lambda c: self._deliver_tx(c, sb, incoming, parse_json))
+            out = await self._write(lambda c: self._deliver_tx(c, sb, incoming, parse_json))
         finally:
             sb.close_file()
+        self._publish([Change(d.account_id, d.folder_id, "exists") for d in out])
+        return out
 
     async def append(
         self,
@@ -697,9 +704,296 @@ class SQLiteStore(Store):
             return self._insert_message(c, target, blob_id, blob.size, parse_json, when, flag_list, None, None)
 
         try:
-            return await self._write(fn)
+            d = await self._write(fn)
         finally:
             blob.close_file()
+        self._publish([Change(d.account_id, d.folder_id, "exists")])
+        return d
+
+    # ------------------------------------------------------------------ mailbox operations
+    def subscribe_changes(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        self._change_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._change_listeners.remove(callback)
+
+        return unsubscribe
+
+    def _publish(self, changes: list[Change]) -> None:
+        for ch in changes:
+            for cb in list(self._change_listeners):
+                try:
+                    cb(ch)
+                except Exception:  # a listener's bug must not undo a delivery
+                    pass
+
+    async def create_folder(self, account_id: int, name: str, special_use: str | None = None) -> Folder:
+        name = _folder_name(name)
+
+        def fn(c: sqlite3.Connection) -> Folder:
+            if c.execute("SELECT 1 FROM folders WHERE account_id = ? AND name = ?", (account_id, name)).fetchone():
+                raise StoreError(f"folder {name} exists already")
+            cur = c.execute(
+                "INSERT INTO folders(account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
+                (account_id, name, special_use, _uidvalidity(c)),
+            )
+            r = c.execute(self._FOLDER_SQL + " WHERE id = ?", (cur.lastrowid,)).fetchone()
+            return self._folder(r)
+
+        f = await self._write(fn)
+        self._publish([Change(account_id, f.id, "folders")])
+        return f
+
+    async def delete_folder(self, account_id: int, name: str) -> None:
+        name = _folder_name(name)
+        if name == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+
+        def fn(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT id FROM folders WHERE account_id = ? AND name = ?", (account_id, name)).fetchone()
+            if row is None:
+                raise NotFound(f"no folder {name}")
+            c.execute("DELETE FROM messages WHERE folder_id = ?", row)
+            c.execute("DELETE FROM folders WHERE id = ?", row)
+            return int(row[0])
+
+        fid = await self._write(fn)
+        self._publish([Change(account_id, fid, "folders")])
+
+    async def rename_folder(self, account_id: int, old: str, new: str) -> None:
+        old, new = _folder_name(old), _folder_name(new)
+
+        def fn(c: sqlite3.Connection) -> None:
+            src = c.execute("SELECT id FROM folders WHERE account_id = ? AND name = ?", (account_id, old)).fetchone()
+            if src is None:
+                raise NotFound(f"no folder {old}")
+            if c.execute("SELECT 1 FROM folders WHERE account_id = ? AND name = ?", (account_id, new)).fetchone():
+                raise StoreError(f"folder {new} exists already")
+            if old == "INBOX":
+                cur = c.execute(
+                    "INSERT INTO folders(account_id, name, uidvalidity) VALUES (?, ?, ?)",
+                    (account_id, new, _uidvalidity(c)),
+                )
+                dst = int(cur.lastrowid or 0)
+                uids = [r[0] for r in c.execute("SELECT uid FROM messages WHERE folder_id = ? ORDER BY uid", src)]
+                self._copy_tx(c, src[0], uids, dst, move=True)
+                return
+            c.execute("UPDATE folders SET name = ? WHERE id = ?", (new, src[0]))
+            for fid, name in c.execute(
+                "SELECT id, name FROM folders WHERE account_id = ? AND substr(name, 1, ?) = ?",
+                (account_id, len(old) + 1, old + "/"),
+            ).fetchall():
+                c.execute("UPDATE folders SET name = ? WHERE id = ?", (new + name[len(old):], fid))
+
+        await self._write(fn)
+        self._publish([Change(account_id, 0, "folders")])
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        name = _folder_name(name)
+
+        def fn(c: sqlite3.Connection) -> None:
+            cur = c.execute(
+                "UPDATE folders SET subscribed = ? WHERE account_id = ? AND name = ?", (int(subscribed), account_id, name)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no folder {name}")
+
+        await self._write(fn)
+
+    async def folder_states(self, folder_id: int) -> list[MessageState]:
+        return await self._read(
+            lambda c: [
+                MessageState(*r)
+                for r in c.execute(
+                    "SELECT uid, flags, keywords, modseq, size FROM messages WHERE folder_id = ? ORDER BY uid",
+                    (folder_id,),
+                )
+            ]
+        )
+
+    async def get_messages(self, folder_id: int, uids: list[int]) -> list[Message]:
+        def fn(c: sqlite3.Connection) -> list[Message]:
+            out: list[Message] = []
+            for i in range(0, len(uids), 500):
+                part = uids[i : i + 500]
+                out += [
+                    self._message(r)
+                    for r in c.execute(
+                        self._MESSAGE_SQL + f" WHERE folder_id = ? AND uid IN ({','.join('?' * len(part))}) ORDER BY uid",
+                        (folder_id, *part),
+                    )
+                ]
+            return out
+
+        return await self._read(fn)
+
+    def _account_of(self, c: sqlite3.Connection, folder_id: int) -> int:
+        row = c.execute("SELECT account_id FROM folders WHERE id = ?", (folder_id,)).fetchone()
+        if row is None:
+            raise NotFound("the folder no longer exists")
+        return int(row[0])
+
+    def _bump(self, c: sqlite3.Connection, folder_id: int) -> int:
+        c.execute("UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = ?", (folder_id,))
+        return int(c.execute("SELECT highestmodseq FROM folders WHERE id = ?", (folder_id,)).fetchone()[0])
+
+    async def store_flags(
+        self,
+        folder_id: int,
+        uids: list[int],
+        mode: str,
+        flags: set[str],
+        unchanged_since: int | None = None,
+    ) -> tuple[list[FlagChange], list[int]]:
+        bits, keywords = flags_to_bits(flags)
+        kw = set(keywords.split())
+
+        def fn(c: sqlite3.Connection) -> tuple[int, list[FlagChange], list[int]]:
+            account = self._account_of(c, folder_id)
+            changed: list[FlagChange] = []
+            failed: list[int] = []
+            modseq: int | None = None
+            for i in range(0, len(uids), 500):
+                part = uids[i : i + 500]
+                rows = c.execute(
+                    f"SELECT uid, flags, keywords, modseq FROM messages WHERE folder_id = ? AND uid IN "
+                    f"({','.join('?' * len(part))})",
+                    (folder_id, *part),
+                ).fetchall()
+                for uid, fbits, fkw, mseq in rows:
+                    if unchanged_since is not None and mseq > unchanged_since:
+                        failed.append(uid)
+                        continue
+                    old_kw = set(fkw.split())
+                    if mode == "add":
+                        nbits, nkw = fbits | bits, old_kw | kw
+                    elif mode == "remove":
+                        nbits, nkw = fbits & ~bits, old_kw - kw
+                    else:
+                        nbits, nkw = bits, set(kw)
+                    if nbits == fbits and nkw == old_kw:
+                        continue
+                    if modseq is None:
+                        modseq = self._bump(c, folder_id)
+                    kws = " ".join(sorted(nkw))
+                    c.execute(
+                        "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE folder_id = ? AND uid = ?",
+                        (nbits, kws, modseq, folder_id, uid),
+                    )
+                    changed.append(FlagChange(uid, bits_to_flags(nbits, kws), modseq))
+            return account, changed, failed
+
+        account, changed, failed = await self._write(fn)
+        if changed:
+            self._publish([Change(account, folder_id, "flags")])
+        return changed, failed
+
+    def _expunge_tx(self, c: sqlite3.Connection, folder_id: int, uids: list[int]) -> list[int]:
+        if not uids:
+            return []
+        modseq = self._bump(c, folder_id)
+        gone: list[int] = []
+        for i in range(0, len(uids), 500):
+            part = uids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            gone += [
+                r[0]
+                for r in c.execute(
+                    f"DELETE FROM messages WHERE folder_id = ? AND uid IN ({marks}) RETURNING uid", (folder_id, *part)
+                )
+            ]
+        c.executemany(
+            "INSERT OR REPLACE INTO expunged(folder_id, uid, modseq) VALUES (?, ?, ?)",
+            [(folder_id, u, modseq) for u in gone],
+        )
+        return sorted(gone)
+
+    async def expunge(self, folder_id: int, uids: list[int] | None = None) -> list[int]:
+        deleted = FLAG_BITS["\\Deleted"]
+
+        def fn(c: sqlite3.Connection) -> tuple[int, list[int]]:
+            account = self._account_of(c, folder_id)
+            cand = [
+                r[0] for r in c.execute(
+                    "SELECT uid FROM messages WHERE folder_id = ? AND flags & ? ORDER BY uid", (folder_id, deleted)
+                )
+            ]
+            if uids is not None:
+                wanted = set(uids)
+                cand = [u for u in cand if u in wanted]
+            return account, self._expunge_tx(c, folder_id, cand)
+
+        account, gone = await self._write(fn)
+        if gone:
+            self._publish([Change(account, folder_id, "expunge")])
+        return gone
+
+    def _copy_tx(
+        self, c: sqlite3.Connection, folder_id: int, uids: list[int], target: int, *, move: bool
+    ) -> list[tuple[int, int]]:
+        row = c.execute("SELECT uidnext, highestmodseq FROM folders WHERE id = ?", (target,)).fetchone()
+        if row is None:
+            raise NotFound("the target folder no longer exists")
+        uidnext, modseq = row
+        modseq += 1
+        pairs: list[tuple[int, int]] = []
+        for i in range(0, len(uids), 500):
+            part = uids[i : i + 500]
+            rows = c.execute(
+                "SELECT uid, blob_id, internal_date, size, flags, keywords, queue_id, message_id, parse FROM messages "
+                f"WHERE folder_id = ? AND uid IN ({','.join('?' * len(part))}) ORDER BY uid",
+                (folder_id, *part),
+            ).fetchall()
+            for uid, blob_id, idate, size, fbits, kw, qid, mid, parse in rows:
+                c.execute(
+                    "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
+                    "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (target, uidnext, blob_id, idate, size, fbits, kw, modseq, qid, mid, parse),
+                )
+                pairs.append((uid, uidnext))
+                uidnext += 1
+        c.execute("UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uidnext, modseq, target))
+        if move and pairs:
+            self._expunge_tx(c, folder_id, [p[0] for p in pairs])
+        return pairs
+
+    async def copy_messages(
+        self, folder_id: int, uids: list[int], target_folder_id: int, *, move: bool = False
+    ) -> list[tuple[int, int]]:
+        def fn(c: sqlite3.Connection) -> tuple[int, int, list[tuple[int, int]]]:
+            return (
+                self._account_of(c, folder_id),
+                self._account_of(c, target_folder_id),
+                self._copy_tx(c, folder_id, sorted(uids), target_folder_id, move=move),
+            )
+
+        src_acc, dst_acc, pairs = await self._write(fn)
+        if pairs:
+            changes = [Change(dst_acc, target_folder_id, "exists")]
+            if move:
+                changes.append(Change(src_acc, folder_id, "expunge"))
+            self._publish(changes)
+        return pairs
+
+    async def vanished_since(self, folder_id: int, modseq: int) -> list[int]:
+        return await self._read(
+            lambda c: [
+                r[0] for r in c.execute(
+                    "SELECT uid FROM expunged WHERE folder_id = ? AND modseq > ? ORDER BY uid", (folder_id, modseq)
+                )
+            ]
+        )
+
+    async def mailbox_usage(self, account_id: int) -> int:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT coalesce(sum(m.size), 0) FROM messages m JOIN folders f ON f.id = m.folder_id "
+                "WHERE f.account_id = ?",
+                (account_id,),
+            ).fetchone()
+        )
+        return int(row[0])
 
     # ------------------------------------------------------------------ queue, journey
     def _queue_entries(self, c: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[QueueEntry]:
@@ -860,6 +1154,14 @@ class SQLiteStore(Store):
             return [JourneyEvent(q, m, t, k, json.loads(d)) for q, m, t, k, d in rows]
 
         return await self._read(fn)
+
+
+def _uidvalidity(c: sqlite3.Connection) -> int:
+    """A new folder's UIDVALIDITY: time-based, and never reused for a name re-created
+    in the same second (RFC 9051 §2.3.1.1)."""
+    now = int(time.time()) & 0xFFFFFFFF or 1
+    row = c.execute("SELECT max(uidvalidity) FROM folders").fetchone()
+    return max(now, (row[0] or 0) + 1) & 0xFFFFFFFF or 1
 
 
 def _folder_name(name: str) -> str:

