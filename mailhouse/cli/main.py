@@ -29,7 +29,7 @@ def _password_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import admin, mailbox, queue, quickstart
+    from . import admin, mailbox, queue, quickstart, send, trace
 
     parser = argparse.ArgumentParser(
         prog="mailhouse", description="mailhouse: a complete Internet mail system in one process."
@@ -105,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(g, "delete", queue.cmd_delete, "remove a queued message without a bounce").add_argument("id")
     cmd(g, "hold", queue.cmd_hold, "keep a message from being sent until released").add_argument("id")
     cmd(g, "release", queue.cmd_release, "let a held message go").add_argument("id")
+    p = cmd(sub, "send", send.cmd_send, "a user agent: the body from stdin, submitted with STARTTLS and AUTH")
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDR")
+    p.add_argument("--to", action="append", required=True, metavar="ADDR")
+    p.add_argument("--cc", action="append", metavar="ADDR")
+    p.add_argument("--bcc", action="append", metavar="ADDR")
+    p.add_argument("--subject", metavar="S")
+    p.add_argument("--attach", action="append", metavar="FILE")
+    p.add_argument("--server", metavar="HOST:PORT", help="any submission server (default: this configuration's)")
+    p.add_argument("--user", help="login name (default: the --from address)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="the first line of stdin is the password, the rest the body (else $MAILHOUSE_PASSWORD)")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    p.add_argument("--timeout", type=float, default=60.0)
+
+    p = cmd(sub, "trace", trace.cmd_trace, "the journey of one message (queue id or Message-ID)")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -891,12 +891,27 @@ _SEARCH_DATE = re.compile(rb'("?)([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})\1')
 _DATE_TIME = re.compile(
     rb'"( [0-9]|[0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"'
 )
-_HEAD = re.compile(rb"([\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+) ([A-Za-z]+)(?: ([A-Za-z]+))?")
+_HEAD = re.compile(
+    rb"([\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+) ([A-Za-z]+)(?: ([A-Za-z]+))?"
+)
 _ENTRY_FLAG = re.compile(r"/flags/(\\?[\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+)", re.I)
 _MONTHS: Final = {
     m: i
     for i, m in enumerate(
-        (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV", b"DEC"),
+        (
+            b"JAN",
+            b"FEB",
+            b"MAR",
+            b"APR",
+            b"MAY",
+            b"JUN",
+            b"JUL",
+            b"AUG",
+            b"SEP",
+            b"OCT",
+            b"NOV",
+            b"DEC",
+        ),
         1,
     )
 }
@@ -1056,7 +1071,9 @@ class _Reader:
         self.pos = m.end()
         return m.group()
 
-    def number(self, maximum: int = MAX_NUMBER, *, nonzero: bool = False, what: str = "a number") -> int:
+    def number(
+        self, maximum: int = MAX_NUMBER, *, nonzero: bool = False, what: str = "a number"
+    ) -> int:
         m = _DIGITS.match(self.buf, self.pos)
         if m is None:
             self.fail(f"Expected {what}")
@@ -1407,7 +1424,9 @@ def _p_append(r: _Reader, tag: str, uid: bool) -> Command:
             data, binary = r.literal(binary_ok=True)
         else:
             r.fail("Expected the message as a literal")
-        messages.append(AppendMessage(data=data, flags=flags, internal_date=when, binary=binary, utf8=utf8))
+        messages.append(
+            AppendMessage(data=data, flags=flags, internal_date=when, binary=binary, utf8=utf8)
+        )
         if r.at_end():
             break
     return Append(tag=tag, mailbox=mailbox, messages=tuple(messages))
@@ -1432,7 +1451,9 @@ _FLAG_KEYS: Final[dict[str, SearchKey]] = {
     "NEW": SearchAnd((SearchFlag("\\Recent", True), SearchFlag("\\Seen", False))),
 }
 _STRING_KEYS: Final = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
-_DATE_KEYS: Final[dict[str, tuple[Literal["internal", "sent"], Literal["before", "on", "since"]]]] = {
+_DATE_KEYS: Final[
+    dict[str, tuple[Literal["internal", "sent"], Literal["before", "on", "since"]]]
+] = {
     "BEFORE": ("internal", "before"),
     "ON": ("internal", "on"),
     "SINCE": ("internal", "since"),
@@ -1575,7 +1596,9 @@ def _p_search(r: _Reader, tag: str, uid: bool) -> Command:
         r.pos += 8
         charset = _charset(r)
         r.sp()
-    return Search(tag=tag, uid=uid, criteria=_search_program(r), charset=charset, return_options=ret)
+    return Search(
+        tag=tag, uid=uid, criteria=_search_program(r), charset=charset, return_options=ret
+    )
 
 
 def _p_sort(r: _Reader, tag: str, uid: bool) -> Command:
@@ -1915,7 +1938,9 @@ _COMMANDS: Final[dict[str, _Handler]] = {
     "SETQUOTA": _p_setquota,
     "COMPRESS": _p_compress,
 }
-_UID_COMMANDS: Final = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"})
+_UID_COMMANDS: Final = frozenset(
+    {"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"}
+)
 
 
 def _parse_command(text: bytes, lits: list[bytes], max_depth: int) -> Command | ParseError:
@@ -2010,6 +2035,10 @@ class CommandParser:
             take = min(self._discard, len(data))
             self._discard -= take
             data = data[take:]
+            if not self._discard:
+                # As in next(): the command goes on up to the end of a line.
+                self._skip_line = True
+                self._skip_tail = b""
         self._buf += data
 
     @property
@@ -2056,7 +2085,9 @@ class CommandParser:
             if self._skip_line or self._skip_raw:
                 lf = buf.find(b"\n", self._pos)
                 if lf < 0:
-                    self._skip_tail = (self._skip_tail + bytes(buf[max(self._pos, len(buf) - 40) :]))[-40:]
+                    self._skip_tail = (
+                        self._skip_tail + bytes(buf[max(self._pos, len(buf) - 40) :])
+                    )[-40:]
                     self._pos = self._scan = len(buf)
                     self._compact()
                     return None
@@ -2217,7 +2248,11 @@ class CommandParser:
         )
         tag, name = self._head(self._parts[0])
         if too_big:
-            reason = "Literal too big" if size > LITERAL_MINUS_MAX or sync else "Non-synchronizing literal too big"
+            reason = (
+                "Literal too big"
+                if size > LITERAL_MINUS_MAX or sync
+                else "Non-synchronizing literal too big"
+            )
             status: Literal["BAD", "NO"] = "NO" if name == "APPEND" else "BAD"
             err = ParseError(tag, reason, name, "TOOBIG", status)
             if sync:

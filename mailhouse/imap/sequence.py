@@ -39,7 +39,9 @@ STAR: Final = MAX_NUMBER + 1
 """Sentinel for ``*``. Larger than any real number, so a range normalised as
 ``(low, high)`` keeps ``*`` at the high end before it is resolved."""
 
-_SET = re.compile(rb"(?:[1-9][0-9]*|\*)(?::(?:[1-9][0-9]*|\*))?(?:,(?:[1-9][0-9]*|\*)(?::(?:[1-9][0-9]*|\*))?)*")
+_SET = re.compile(
+    rb"(?:[1-9][0-9]*|\*)(?::(?:[1-9][0-9]*|\*))?(?:,(?:[1-9][0-9]*|\*)(?::(?:[1-9][0-9]*|\*))?)*"
+)
 
 
 def _number(token: bytes) -> int:

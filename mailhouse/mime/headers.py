@@ -218,6 +218,16 @@ def _codec(charset: str) -> str | None:
     return info.name
 
 
+# Codecs without state or multi-byte sequences other than UTF-8's: when a
+# whole (possibly truncated) prefix decodes, the incremental decoder would
+# return the same text, so it is only needed when the plain decode fails.
+_PREFIX_DECODABLE = frozenset(
+    ["utf-8", "ascii", "koi8-r", "koi8-u"]
+    + [f"iso8859-{n}" for n in (*range(1, 12), *range(13, 17))]
+    + [f"cp125{n}" for n in range(9)]
+)
+
+
 def decode_bytes(data: bytes, charset: str | None, final: bool = True) -> str:
     """Decode text in ``charset``; never raises.
 
@@ -230,11 +240,15 @@ def decode_bytes(data: bytes, charset: str | None, final: bool = True) -> str:
     for name in (codec, "utf-8"):
         if name is None:
             continue
-        try:
-            if final:
+        if final or name in _PREFIX_DECODABLE:
+            try:
                 return data.decode(name)
+            except Exception:  # some codecs raise other errors on garbage
+                if final:
+                    continue
+        try:
             return codecs.getincrementaldecoder(name)("strict").decode(data, False)
-        except Exception:  # some codecs raise other errors on garbage
+        except Exception:
             continue
     try:
         return data.decode(codec or "latin-1", "replace")

@@ -147,15 +147,27 @@ def _view_finder(view: memoryview) -> Callable[[bytes, int, int], int]:
     return find
 
 
+def _chunked_count(data: Buffer) -> Callable[[bytes, int, int], int]:
+    # mmap and memoryview have no count(): count in bounded chunks.
+    def count(sub: bytes, start: int, end: int) -> int:
+        n = 0
+        step = 1 << 20
+        for pos in range(start, end, step):
+            n += bytes(data[pos : min(end, pos + step)]).count(sub)
+        return n
+
+    return count
+
+
 class _Buf:
     """Uniform find/slice/count over bytes, bytearray, mmap and memoryview."""
 
-    __slots__ = ("data", "find", "size")
+    __slots__ = ("count", "data", "find", "size")
 
     def __init__(self, raw: Buffer) -> None:
         data: Buffer
         find: Callable[[bytes, int, int], int]
-        if isinstance(raw, bytes | bytearray | mmap.mmap):
+        if type(raw) is bytes or isinstance(raw, bytes | bytearray | mmap.mmap):
             data, find = raw, raw.find
         else:
             mv = raw
@@ -174,26 +186,20 @@ class _Buf:
                     data, find = mv, _view_finder(mv)
         self.data = data
         self.find = find
+        self.count = (
+            data.count if isinstance(data, bytes | bytearray) else _chunked_count(data)
+        )
         self.size = len(data)
 
     def slice(self, start: int, end: int) -> bytes:
-        return bytes(self.data[start:end])
+        data = self.data
+        return data[start:end] if type(data) is bytes else bytes(data[start:end])
 
     def lines(self, start: int, end: int) -> int:
         if end <= start:
             return 0
-        data = self.data
-        if isinstance(data, bytes | bytearray):
-            n = data.count(b"\n", start, end)
-        else:
-            # mmap and memoryview have no count(): count in bounded chunks.
-            n = 0
-            step = 1 << 20
-            for pos in range(start, end, step):
-                n += bytes(data[pos : min(end, pos + step)]).count(b"\n")
-        if data[end - 1] != 10:
-            n += 1
-        return n
+        n: int = self.count(b"\n", start, end)
+        return n if self.data[end - 1] == 10 else n + 1
 
 
 # --- addresses (ENVELOPE) -------------------------------------------------------
@@ -450,13 +456,22 @@ def _fields(data: Buffer, start: int, fields_end: int) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in reversed(found)}
 
 
+@functools.lru_cache(maxsize=512)
+def _content_type(raw: bytes) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
+    # The same few Content-Type values (text/plain; charset=utf-8, ...) are
+    # in most messages: parse each once.
+    ctype, subtype, params = parse_content_type(unfold(raw))
+    return ctype, subtype, tuple(params.items())
+
+
+# The usual Content-Transfer-Encoding values, stripped and lower-cased.
+_ENCODINGS = {
+    e.encode(): e for e in ("7bit", "8bit", "base64", "quoted-printable", "binary")
+}
+
+
 def _join(section: str, n: int) -> str:
     return f"{section}.{n}" if section else str(n)
-
-
-def _opt(fields: dict[bytes, bytes], name: bytes) -> str | None:
-    v = fields.get(name)
-    return None if v is None else unfold(v)
 
 
 def _boundary_bytes(value: str, raw_header: bytes) -> bytes:
@@ -492,76 +507,87 @@ class _Walker:
         else:
             fields_end, body_start = find_header_end(data, start, end)
         fields = _fields(data, start, fields_end) if fields_end > start else {}
+        get = fields.get
         self.parts += 1
+        room = depth < MAX_DEPTH and self.parts < MAX_PARTS
 
         ctype: str | None = None
         subtype: str | None = None
         params: dict[str, str]
-        raw_ct = fields.get(b"content-type")
+        raw_ct = get(b"content-type")
         if raw_ct is not None:
-            ctype, subtype, params = parse_content_type(unfold(raw_ct))
+            ctype, subtype, items = _content_type(raw_ct)
+            params = dict(items)
         else:
             params = {}
         if ctype is None or subtype is None:
             ctype, subtype = ("message", "rfc822") if digest else ("text", "plain")
 
-        is_multipart = ctype == "multipart"
-        encapsulated = False
+        is_multipart = encapsulated = False
         boundary: str | None = None
-        if is_multipart:
+        if ctype == "text":
+            if "charset" not in params and "charset*" not in params:
+                params["charset"] = "us-ascii"
+        elif ctype == "multipart":
             boundary = params.get("boundary")
-            if not (boundary and depth < MAX_DEPTH and self.parts < MAX_PARTS):
-                is_multipart = False
-                if boundary:
-                    ctype, subtype, params = "application", "octet-stream", {}
-                else:
-                    ctype, subtype = "text", "plain"
-                    params = {"charset": params.get("charset", "us-ascii")}
+            if boundary and room:
+                is_multipart = True
+            elif boundary:
+                ctype, subtype, params = "application", "octet-stream", {}
+            else:
+                ctype, subtype = "text", "plain"
+                params = {"charset": params.get("charset", "us-ascii")}
         elif ctype == "message" and subtype in ("rfc822", "global"):
-            if depth < MAX_DEPTH and self.parts < MAX_PARTS:
+            if room:
                 encapsulated = True
             else:
                 ctype, subtype, params = "application", "octet-stream", {}
-        if ctype == "text" and "charset" not in params and "charset*" not in params:
-            params["charset"] = "us-ascii"
 
         encoding = "7bit"
-        raw_cte = fields.get(b"content-transfer-encoding")
+        raw_cte = get(b"content-transfer-encoding")
         if raw_cte is not None:
-            m = _FIRST_TOKEN.match(unfold(raw_cte))
-            if m is not None:
-                encoding = m.group(1).lower()
+            known = _ENCODINGS.get(raw_cte.strip().lower())
+            if known is not None:
+                encoding = known
+            else:
+                m = _FIRST_TOKEN.match(unfold(raw_cte))
+                if m is not None:
+                    encoding = m.group(1).lower()
 
         disposition: dict[str, Any] | None = None
         filename: str | None = None
-        raw_cd = fields.get(b"content-disposition")
+        raw_cd = get(b"content-disposition")
         if raw_cd is not None:
             dtype, dparams = parse_disposition(unfold(raw_cd))
             if dtype is not None:
                 disposition = {"type": dtype, "params": dparams}
             filename = param_text(dparams, "filename")
-        if filename is None and params and ("name" in params or "name*" in params):
+        if filename is None and ("name" in params or "name*" in params):
             filename = param_text(params, "name")
 
+        cid = get(b"content-id")
+        description = get(b"content-description")
+        md5 = get(b"content-md5")
         language: list[str] | None = None
-        raw_lang = fields.get(b"content-language")
+        raw_lang = get(b"content-language")
         if raw_lang is not None:
             language = [t.strip() for t in unfold(raw_lang).split(",") if t.strip()] or None
-        location = _opt(fields, b"content-location")
-        if location is not None:
-            location = "".join(location.split()) or None
+        location: str | None = None
+        raw_location = get(b"content-location")
+        if raw_location is not None:
+            location = "".join(unfold(raw_location).split()) or None
 
         node: dict[str, Any] = {
             "section": mp_section if is_multipart else leaf_section,
             "type": ctype,
             "subtype": subtype,
             "params": params,
-            "id": _opt(fields, b"content-id"),
-            "description": _opt(fields, b"content-description"),
+            "id": None if cid is None else unfold(cid),
+            "description": None if description is None else unfold(description),
             "encoding": encoding,
             "size": end - body_start,
             "lines": None,
-            "md5": _opt(fields, b"content-md5"),
+            "md5": None if md5 is None else unfold(md5),
             "disposition": disposition,
             "language": language,
             "location": location,
@@ -688,9 +714,38 @@ _MONTHS = {
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 # The RFC 5322 shape nearly every Date: has; email.utils handles the rest.
 _RFC5322_DATE = re.compile(
-    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2}\s+[A-Za-z]{3}\s+\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
     r"\s+([+-]\d{4})\b"
 )
+_DMY = re.compile(r"(\d+)\s+(\S+)\s+(\d+)")
+# Memos for the parts of a date that repeat across messages: the day
+# ("28 Nov 2026" -> days since the epoch, _NOT_A_DAY when the fallback
+# parser must decide, None when the date is invalid) and the zone offset.
+_NOT_A_DAY = -1 << 62
+_DAYS: dict[str, int | None] = {}
+_ZONES: dict[str, int] = {}
+
+
+def _day(dmy: str) -> int | None:
+    m = _DMY.fullmatch(dmy)
+    assert m is not None
+    month = _MONTHS.get(m.group(2).lower())
+    day = int(m.group(1))
+    if month is None or not 1 <= day <= 31:
+        return _NOT_A_DAY
+    year = int(m.group(3))
+    if not year:
+        return None  # datetime's range (calendar.timegm's) starts at year 1
+    # As calendar.timegm: day 31 of a short month runs into the next.
+    return datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL + day - 1
+
+
+def _zone(zone: str) -> int:
+    z = int(zone)
+    if z < 0:
+        z = -z
+    offset = (z // 100 * 60 + z % 100) * 60
+    return offset if zone[0] == "+" else -offset
 
 
 def _timestamp(value: str | None) -> int | None:
@@ -698,23 +753,22 @@ def _timestamp(value: str | None) -> int | None:
         return None
     m = _RFC5322_DATE.match(value)
     if m is not None:
-        day_s, month_s, year_s, hour, minute, second, zone = m.groups()
-        month = _MONTHS.get(month_s.lower())
-        day = int(day_s)
-        if month is not None and 1 <= day <= 31:
-            year = int(year_s)
-            if not year:
-                return None  # datetime's range starts at year 1
-            # As calendar.timegm: day 31 of a short month runs into the next.
-            days = datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL + day - 1
-            stamp = ((days * 24 + int(hour)) * 60 + int(minute)) * 60
-            if second:
-                stamp += int(second)
-            z = int(zone)
-            if z < 0:
-                z = -z
-            offset = (z // 100 * 60 + z % 100) * 60
-            return stamp - offset if zone[0] == "+" else stamp + offset
+        dmy, hour, minute, second, zone = m.groups()
+        days = _DAYS.get(dmy, _NOT_A_DAY - 1)
+        if days == _NOT_A_DAY - 1:
+            if len(_DAYS) >= 1024:
+                _DAYS.clear()
+            days = _DAYS[dmy] = _day(dmy)
+        if days is None:
+            return None
+        if days != _NOT_A_DAY:
+            offset = _ZONES.get(zone)
+            if offset is None:
+                if len(_ZONES) >= 1024:
+                    _ZONES.clear()
+                offset = _ZONES[zone] = _zone(zone)
+            stamp = days * 86400 + int(hour) * 3600 + int(minute) * 60 - offset
+            return stamp + int(second) if second else stamp
     try:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
@@ -803,7 +857,7 @@ def _preview(buf: _Buf, node: dict[str, Any]) -> str:
 def _collapse(text: str) -> str:
     # Collapsing a prefix gives a prefix of the collapsed text, and only
     # PREVIEW_CHARS are kept: avoid splitting kilobytes of words.
-    size = PREVIEW_CHARS * 2
+    size = PREVIEW_CHARS + PREVIEW_CHARS // 4
     while True:
         out = " ".join(_CONTROL.sub(" ", text[:size]).split())
         if len(out) > PREVIEW_CHARS or size >= len(text):

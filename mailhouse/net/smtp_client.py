@@ -288,7 +288,8 @@ class SMTPDeliverer:
         self, conn: Connection, entry: QueueEntry, recipients: list[QueueRecipient], body: bytes, reused: bool
     ) -> TransactionOutcome:
         m = conn.machine
-        mark = len(m.transcript)
+        # A fresh connection's journey shows its whole dialogue, greeting and TLS included.
+        mark = len(m.transcript) if reused else 0
         ext = m.extensions
         eight = not body.isascii()
         if eight and "8BITMIME" not in ext:

@@ -242,3 +242,59 @@ def test_queue_admin_hold_release_delete(tmp_path: Path) -> None:
         assert r.returncode == 1 and b"no queued message" in r.stderr
         crepes.cli("queue", "delete", qid)
         assert queue(crepes) == []
+
+
+def test_send_and_trace_on_both_servers(world: dict[str, Any], tmp_path: Path) -> None:
+    import email
+    import email.policy
+
+    crepes, hamburger = world["crepes"], world["hamburger"]
+    attachment = tmp_path / "résumé ✓.pdf"
+    payload = bytes(range(256)) * 40
+    attachment.write_bytes(payload)
+    before = len(inbox(hamburger, "bob@hamburger.edu"))
+    r = crepes.cli(
+        "send", "--from", "Alice Crêpe <alice@crepes.fr>", "--to", "Bob <bob@hamburger.edu>",
+        "--subject", "Déjà vu ✓ ketchup", "--attach", str(attachment), "--password-stdin",
+        input=f"{ALICE_PW}\nDo you like ketchup?\nHow about pickles?\n".encode(),
+    )
+    out = r.stdout.decode()
+    qid = out.split("queue id: ")[1].split()[0]
+    mid = out.split("message-id: ")[1].strip()
+    rows = wait_for(lambda: inbox(hamburger, "bob@hamburger.edu")[before:])
+    raw = hamburger.cli("mailbox", "show", "bob@hamburger.edu", str(rows[0]["uid"])).stdout
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "Déjà vu ✓ ketchup"
+    assert msg["From"].addresses[0].display_name == "Alice Crêpe"
+    assert msg["Message-ID"] == mid
+    parts = list(msg.iter_attachments())
+    assert parts[0].get_filename() == "résumé ✓.pdf"
+    assert parts[0].get_content_type() == "application/pdf"
+    assert parts[0].get_content() == payload
+    assert "Do you like ketchup?" in msg.get_body(("plain",)).get_content()
+
+    wait_for(lambda: queue(crepes) == [])
+    sent = crepes.cli("trace", qid).stdout.decode()
+    assert "received by mail.crepes.fr on its submission listener" in sent
+    assert "authenticated as alice@crepes.fr" in sent
+    assert "DNS MX mail.hamburger.edu (preference 10)" in sent
+    assert "C: MAIL FROM:<alice@crepes.fr>" in sent and "C: RCPT TO:<bob@hamburger.edu>" in sent
+    assert "S: 220 mail.hamburger.edu ESMTP mailhouse" in sent or "reused connection" in sent
+    assert "outcome: delivered" in sent and "removed from the queue" in sent
+    got = hamburger.cli("trace", mid).stdout.decode()
+    assert "received by mail.hamburger.edu on its smtp listener from mail.crepes.fr [127.0.0.1]" in got
+    assert "delivered to bob@hamburger.edu, folder INBOX" in got
+    events = json.loads(hamburger.cli("trace", mid, "--json").stdout)
+    assert [e["kind"] for e in events] == ["received", "delivered"]
+
+
+def test_send_errors_are_one_line(world: dict[str, Any]) -> None:
+    crepes = world["crepes"]
+    r = crepes.cli("send", "--from", "alice@crepes.fr", "--to", "bob@hamburger.edu", "--password-stdin",
+                   input=b"wrong\nbody\n", check=False)
+    assert r.returncode == 1 and r.stderr.decode().count("\n") == 1 and "authentication failed" in r.stderr.decode()
+    r = crepes.cli("send", "--from", "alice@crepes.fr", "--to", "bob@hamburger.edu", "--server",
+                   f"127.0.0.1:{free_port()}", "--password-stdin", input=b"pw\nbody\n", check=False)
+    assert r.returncode == 1 and "cannot reach" in r.stderr.decode()
+    r = crepes.cli("trace", "NOSUCHTHING", check=False)
+    assert r.returncode == 1 and "nothing known" in r.stderr.decode()
