@@ -29,7 +29,7 @@ def _password_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import admin, mailbox, queue, quickstart, send, trace
+    from . import admin, demo, mailbox, queue, quickstart, send, trace
 
     parser = argparse.ArgumentParser(
         prog="mailhouse", description="mailhouse: a complete Internet mail system in one process."
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first line of stdin is the password, the rest the body (else $MAILHOUSE_PASSWORD)")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     p.add_argument("--timeout", type=float, default=60.0)
+
+    p = cmd(sub, "demo", demo.cmd_demo, "the textbook's story: Alice's message to Bob across two servers")
+    p.add_argument("--once", action="store_true", help="exit after the story")
+    p.add_argument("--down", action="store_true", help="hamburger.edu is down at first: watch the queue retry")
+    p.add_argument("--never", action="store_true", help="with --down: it stays down, and Alice gets the bounce")
 
     p = cmd(sub, "trace", trace.cmd_trace, "the journey of one message (queue id or Message-ID)")
     p.add_argument("id")

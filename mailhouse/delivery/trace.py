@@ -32,7 +32,8 @@ def _date(when: float) -> str:
     global _date_cache
     sec = int(when)
     if _date_cache[0] != sec:
-        _date_cache = (sec, email.utils.formatdate(sec, localtime=False, usegmt=False))
+        # "+0000", not formatdate's "-0000" which RFC 5322 reads as "zone unknown".
+        _date_cache = (sec, email.utils.formatdate(sec, localtime=False)[:-5] + "+0000")
     return _date_cache[1]
 
 

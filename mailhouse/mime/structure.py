@@ -867,10 +867,14 @@ def _collapse(text: str) -> str:
 
 def _collapse_ascii(chunk: bytes) -> str:
     # As _collapse(chunk.decode("ascii")): a prefix of the collapsed text
-    # that is longer than PREVIEW_CHARS, or all of it.
+    # that is longer than PREVIEW_CHARS, or all of it. Runs of blanks are
+    # squeezed with replace() rather than split into words and joined.
     size = PREVIEW_CHARS + PREVIEW_CHARS // 4
     while True:
-        out = b" ".join(chunk[:size].translate(_ASCII_BLANKS).split())
+        out = chunk[:size].translate(_ASCII_BLANKS)
+        while out.find(b"  ") >= 0:
+            out = out.replace(b"  ", b" ")
+        out = out.strip(b" ")
         if len(out) > PREVIEW_CHARS or size >= len(chunk):
             return out.decode("ascii")
         size *= 4

@@ -103,6 +103,10 @@ def format_reply(code: int, enhanced: str | None, text: str | list[str]) -> byte
             raise ValueError(f"malformed enhanced status code: {enhanced!r}")
         if enhanced[0] != str(code)[0]:
             raise ValueError(f"enhanced status code {enhanced} does not match reply code {code}")
+    if type(text) is str and "\n" not in text and "\r" not in text:
+        # Single line (the usual case): same bytes as the general loop below.
+        body = text if enhanced is None else (f"{enhanced} {text}" if text else enhanced)
+        return (f"{code} {body}\r\n" if body else f"{code}\r\n").encode("utf-8")
     lines = _reply_lines(text)
     last = len(lines) - 1
     out: list[str] = []
@@ -271,6 +275,9 @@ def parse_ehlo_keywords(lines: list[str]) -> dict[str, list[str]]:
 
 _VERB_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _CONTROL_RE = re.compile(rb"[\x00-\x1f\x7f]")
+# A printable-ASCII command line: verb, then optionally SP and the argument.
+# Whatever does not match takes the general path (errors, UTF-8).
+_ASCII_COMMAND_RE = re.compile(rb"([A-Za-z][A-Za-z0-9-]*)(?: ([ -~]*))?")
 
 
 def parse_command(line: bytes) -> tuple[str, str]:
@@ -285,6 +292,10 @@ def parse_command(line: bytes) -> tuple[str, str]:
         line = line[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
+    m = _ASCII_COMMAND_RE.fullmatch(line)
+    if m is not None:
+        verb_b, arg_b = m.groups()
+        return verb_b.decode("ascii").upper(), arg_b.decode("ascii").strip(" ") if arg_b else ""
     if not line:
         raise CommandError("empty command line")
     if _CONTROL_RE.search(line):
@@ -309,6 +320,23 @@ _ATEXT_ASCII = frozenset(
 _LDH_ASCII = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 _IPV4_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
 
+# ASCII fast paths: a match means the general per-character check would
+# accept too; no match falls back to it (UTF-8, errors).
+_ATEXT_CLASS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_ATOM_ASCII_RE = re.compile(_ATEXT_CLASS + "+")
+_DOT_ATOM_ASCII_RE = re.compile(rf"{_ATEXT_CLASS}+(?:\.{_ATEXT_CLASS}+)*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LABEL_ASCII_RE = re.compile(_LABEL)
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+_DOMAIN_ASCII_RE = re.compile(_DOMAIN)
+# "FROM:" / "TO:", spaces, then <dot-atom@domain> (or <>), then nothing or
+# SP and parameters. Groups: mailbox, domain, parameter tail.
+_PLAIN_PATH = (
+    rf" *<({_ATEXT_CLASS}+(?:\.{_ATEXT_CLASS}+)*@({_DOMAIN}))?>( .*)?"
+)
+_PLAIN_FROM_RE = re.compile("[Ff][Rr][Oo][Mm]:" + _PLAIN_PATH, re.DOTALL)
+_PLAIN_TO_RE = re.compile("[Tt][Oo]:" + _PLAIN_PATH, re.DOTALL)
+
 
 def _utf8_char_ok(ch: str) -> bool:
     # RFC 6531 admits UTF8-non-ascii; separators and invisible controls
@@ -317,6 +345,8 @@ def _utf8_char_ok(ch: str) -> bool:
 
 
 def _is_atom(s: str) -> bool:
+    if _ATOM_ASCII_RE.fullmatch(s) is not None:
+        return True
     return bool(s) and all(ch in _ATEXT_ASCII or _utf8_char_ok(ch) for ch in s)
 
 
@@ -324,12 +354,14 @@ def _is_label(label: str) -> bool:
     if not label or label[0] == "-" or label[-1] == "-":
         return False
     if label.isascii():
-        return len(label) <= 63 and all(ch in _LDH_ASCII for ch in label)
+        return _LABEL_ASCII_RE.fullmatch(label) is not None
     return all(ch in _LDH_ASCII or _utf8_char_ok(ch) for ch in label)
 
 
 def is_valid_domain(domain: str) -> bool:
     """RFC 5321 ``Domain`` (plus RFC 6531 U-labels), within DNS length limits."""
+    if _DOMAIN_ASCII_RE.fullmatch(domain) is not None:
+        return len(domain) <= 255  # ASCII: characters are octets
     if not domain or len(domain.encode("utf-8")) > 255:
         return False
     return all(_is_label(label) for label in domain.split("."))
@@ -386,6 +418,8 @@ def _parse_local_part(mailbox: str) -> int:
     local = mailbox[:at]
     if not local:
         raise AddressError("empty local part")
+    if _DOT_ATOM_ASCII_RE.fullmatch(local) is not None:
+        return at
     if not all(_is_atom(atom) for atom in local.split(".")):
         raise AddressError("invalid local part")
     return at
@@ -488,11 +522,24 @@ def _parse_path_argument(
 
 def parse_mail_from(arg: str) -> PathArgument:
     """Parse the argument of MAIL (``FROM:<reverse-path> [params]``)."""
+    m = _PLAIN_FROM_RE.fullmatch(arg)
+    if m is not None:
+        # The ordinary case: <> or an ASCII dot-atom@domain, in one match.
+        mailbox, domain, tail = m.groups()
+        if mailbox is None:
+            return PathArgument("", parse_esmtp_params(tail) if tail else {}, False)
+        if len(domain) <= 255:
+            return PathArgument(mailbox, parse_esmtp_params(tail) if tail else {}, False)
     return _parse_path_argument(arg, "FROM", allow_null=True, allow_postmaster=False)
 
 
 def parse_rcpt_to(arg: str) -> PathArgument:
     """Parse the argument of RCPT (``TO:<forward-path> [params]``)."""
+    m = _PLAIN_TO_RE.fullmatch(arg)
+    if m is not None:
+        mailbox, domain, tail = m.groups()
+        if mailbox is not None and len(domain) <= 255:
+            return PathArgument(mailbox, parse_esmtp_params(tail) if tail else {}, False)
     return _parse_path_argument(arg, "TO", allow_null=False, allow_postmaster=True)
 
 
@@ -503,8 +550,13 @@ def parse_rcpt_to(arg: str) -> PathArgument:
 _KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
+_ESMTP_VALUE_ASCII_RE = re.compile(r"[!-<>-~]+")
+
+
 def _is_esmtp_value(value: str) -> bool:
     # esmtp-value: %d33-60 / %d62-126, plus UTF8-non-ascii under RFC 6531.
+    if _ESMTP_VALUE_ASCII_RE.fullmatch(value) is not None:
+        return True
     return bool(value) and all(
         ("!" <= ch <= "~" and ch != "=") or _utf8_char_ok(ch) for ch in value
     )

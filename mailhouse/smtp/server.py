@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import re
 from collections import deque
 from collections.abc import Callable
@@ -228,6 +229,116 @@ _LOGIN_PASS_PROMPT: Final = base64.b64encode(b"Password:").decode("ascii")
 
 _HELP_TEXT: Final = "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH"
 
+# Enum members as module constants: one global lookup instead of two.
+_COMMAND: Final = _Mode.COMMAND
+_SASL: Final = _Mode.SASL
+_LONG_LINE: Final = _Mode.LONG_LINE
+_DATA: Final = _Mode.DATA
+_BDAT: Final = _Mode.BDAT
+_P_GREETING: Final = _Pending.GREETING
+_P_MAIL: Final = _Pending.MAIL
+_P_RCPT: Final = _Pending.RCPT
+_P_AUTH: Final = _Pending.AUTH
+_P_DATA: Final = _Pending.DATA
+_P_STARTTLS: Final = _Pending.STARTTLS
+
+# A printable-ASCII command line: verb, then optionally SP and the argument.
+# Anything else (UTF-8, control characters, malformed verbs) goes through
+# grammar.parse_command, which gives the same result or the error.
+_COMMAND_RE = re.compile(rb"([A-Za-z][A-Za-z0-9-]*)(?: ([ -~]*))?")
+
+# Replies that never vary, formatted once by format_reply itself.
+_R_OK: Final = format_reply(250, "2.0.0", "Ok")
+_R_354: Final = format_reply(354, None, 'Enter mail, end with "." on a line by itself')
+_R_TOO_BIG: Final = format_reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+_R_VRFY: Final = format_reply(
+    252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"
+)
+_R_HELP: Final = format_reply(214, "2.0.0", _HELP_TEXT)
+_R_STARTTLS: Final = format_reply(220, "2.0.0", "Ready to start TLS")
+_R_AUTH_OK: Final = format_reply(235, "2.7.0", "Authentication successful")
+_R_AUTH_TEMP: Final = format_reply(454, "4.7.0", "Temporary authentication failure")
+_R_AUTH_BAD: Final = format_reply(535, "5.7.8", "Authentication credentials invalid")
+
+# Events without fields are immutable: one instance each serves every session.
+_EV_DATA_START: Final = DataStart()
+_EV_DATA_COMPLETE: Final = DataComplete()
+_EV_RESET: Final = Reset()
+_EV_QUIT: Final = Quit()
+_EV_CLOSED: Final = ConnectionClosed()
+_EV_STARTTLS: Final = StartTLS()
+
+# Error replies: a few dozen distinct texts, each formatted once.
+_error_reply: Final = functools.lru_cache(maxsize=256)(format_reply)
+
+
+def _text_reply(prefix: bytes, code: int, enhanced: str | None, text: str) -> bytes:
+    """``format_reply(code, enhanced, text)``; ``prefix`` is "<code> <enhanced> "."""
+    if type(text) is str and text and "\n" not in text and "\r" not in text:
+        return prefix + text.encode("utf-8") + b"\r\n"
+    return format_reply(code, enhanced, text)
+
+
+class _Replies:
+    """The replies that depend only on the configuration, formatted once."""
+
+    __slots__ = ("closing", "ehlo_tail", "greeting", "hello_head", "too_many_errors")
+
+    def __init__(
+        self,
+        hostname: str,
+        software: str,
+        max_message_size: int,
+        tls_available: bool,
+        auth_without_tls: bool,
+    ) -> None:
+        self.greeting = format_reply(220, None, f"{hostname} ESMTP {software}")
+        self.closing = format_reply(221, "2.0.0", f"{hostname} closing connection")
+        self.too_many_errors = format_reply(421, "4.7.0", f"{hostname} Error: too many errors")
+        # HELO/EHLO first line "<hostname> Hello <name>, pleased to meet you":
+        # the name never holds a line break (control characters are refused),
+        # so with a plain hostname it is one line; otherwise format_reply.
+        self.hello_head: bytes | None = (
+            None if "\r" in hostname or "\n" in hostname else f"{hostname} Hello ".encode()
+        )
+        # EHLO keyword lines, indexed by "TLS active".
+        tails = []
+        for tls in (False, True):
+            lines = [
+                "PIPELINING",
+                f"SIZE {max_message_size}",
+                "8BITMIME",
+                "SMTPUTF8",
+                "ENHANCEDSTATUSCODES",
+                "CHUNKING",
+                "DSN",
+            ]
+            if tls_available and not tls:
+                lines.append("STARTTLS")
+            if tls or auth_without_tls:
+                lines.append("AUTH PLAIN LOGIN")
+            tails.append(format_reply(250, None, ["-", *lines])[len(b"250--\r\n") :])
+        self.ehlo_tail: tuple[bytes, ...] = tuple(tails)
+
+
+_REPLIES: dict[tuple[str, str, int, bool, bool], _Replies] = {}
+
+
+def _replies_for(config: ServerConfig) -> _Replies:
+    key = (
+        config.hostname,
+        config.software,
+        config.max_message_size,
+        config.tls_available,
+        config.auth_without_tls,
+    )
+    replies = _REPLIES.get(key)
+    if replies is None:
+        if len(_REPLIES) >= 64:
+            _REPLIES.clear()
+        replies = _REPLIES[key] = _Replies(*key)
+    return replies
+
 
 class _Reject(Exception):
     """Internal: abort a command with this reply."""
@@ -264,8 +375,12 @@ class ServerConnection:
 
     def __init__(self, config: ServerConfig, *, tls_active: bool = False) -> None:
         self.config = config
+        self._r = _replies_for(config)
         self._tls = tls_active
+        # Unconsumed input is _buf[_pos:]; no LF in _buf[_pos:_scan].
         self._buf = bytearray()
+        self._pos = 0
+        self._scan = 0
         self._out = bytearray()
         self._events: deque[Event] = deque()
         self._mode = _Mode.COMMAND
@@ -309,7 +424,7 @@ class ServerConnection:
 
     @property
     def buffered_input(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     @property
     def closed(self) -> bool:
@@ -344,7 +459,7 @@ class ServerConnection:
         if self._pending is not _Pending.GREETING:
             raise StateError("greet() called twice")
         self._pending = None
-        self._reply(220, None, f"{self.config.hostname} ESMTP {self.config.software}")
+        self._out += self._r.greeting
 
     def refuse(self, code: int, enhanced: str, text: str) -> None:
         """Send a final reply and close; usable at any time (greeting, shutdown).
@@ -366,9 +481,9 @@ class ServerConnection:
         if not data:
             self._eof = True
             return
-        if self._pending is _Pending.STARTTLS:
+        if self._pending is _P_STARTTLS:
             return  # still plaintext: injection attempt (CVE-2011-0411)
-        if self._mode is _Mode.LONG_LINE and not self._buf:
+        if self._mode is _LONG_LINE and not self._buf:
             # Discard here, not in next_event, so a huge line never lands in
             # the buffer even if the glue feeds several reads in a row.
             idx = bytes(data).find(b"\n")
@@ -383,22 +498,76 @@ class ServerConnection:
         return out
 
     def next_event(self) -> Event | type[NEED_DATA] | type[PAUSED]:
+        events = self._events
         while True:
-            if self._events:
-                return self._events.popleft()
+            if events:
+                return events.popleft()
             if self._closed:
-                return ConnectionClosed()
-            if self._pending is _Pending.STARTTLS and self._eof:
-                self._close("eof")
-                continue
-            if self._pending is not None:
+                return _EV_CLOSED
+            pending = self._pending
+            if pending is not None:
+                if pending is _P_STARTTLS and self._eof:
+                    self._close("eof")
+                    continue
                 return PAUSED
-            if self._step():
-                continue
+            if self._mode is not _COMMAND:
+                if self._step():
+                    continue
+            else:
+                # Command lines, inline: the hot path of every session.
+                buf = self._buf
+                idx = buf.find(b"\n", self._scan)
+                if idx >= 0:
+                    pos = self._pos
+                    end = idx - 1 if idx > pos and buf[idx - 1] == 0x0D else idx
+                    nxt = idx + 1
+                    if end - pos > self.config.max_command_line:
+                        self._consumed(nxt)
+                        self._line_too_long()
+                        continue
+                    m = _COMMAND_RE.fullmatch(buf, pos, end)
+                    if m is None:
+                        line = bytes(buf[pos:end])
+                        self._consumed(nxt)
+                        self._command(line)
+                        continue
+                    if nxt >= len(buf):
+                        buf.clear()
+                        self._pos = self._scan = 0
+                    else:
+                        self._pos = self._scan = nxt
+                    verb, arg = m.groups()
+                    handler = _VERBS.get(verb) or _VERBS.get(verb.upper())
+                    try:
+                        if handler is None:
+                            raise _Reject(500, "5.5.2", "Error: command not recognized")
+                        handler(self, arg.decode("ascii").strip(" ") if arg else "")
+                    except _Reject as r:
+                        self._error(r.code, r.enhanced, r.text, counts=r.counts)
+                    continue
+                n = len(buf)
+                self._scan = n
+                # +1 leaves room for the CR of a CRLF whose LF is still in flight.
+                if n - self._pos > self.config.max_command_line + 1:
+                    self._discard_input()
+                    self._mode = _LONG_LINE
+                    continue
             if self._eof:
                 self._close("eof")
                 continue
             return NEED_DATA
+
+    def _consumed(self, nxt: int) -> None:
+        """Input up to ``nxt`` is used up (command mode)."""
+        if nxt >= len(self._buf):
+            self._buf.clear()
+            self._pos = self._scan = 0
+        else:
+            self._pos = self._scan = nxt
+
+    def _discard_input(self) -> None:
+        self._buf.clear()
+        self._pos = self._scan = 0
 
     # -------------------------------------------------------------- decisions
 
