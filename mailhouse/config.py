@@ -25,10 +25,6 @@ LISTENER_NAMES = (
     "https",
 )
 
-# Listeners whose protocol is not built yet; naming one is refused at `serve` start
-# so a configuration is never half-honoured in silence.
-UNBUILT_LISTENERS = frozenset({"imap", "imaps", "http", "https"})
-
 DEV_LISTEN = {
     "smtp": "127.0.0.1:2525",
     "submission": "127.0.0.1:2587",

@@ -7,6 +7,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .auth.service import Authenticator
 from .config import Config
@@ -22,6 +23,12 @@ class Context:
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     connections: Counter[str] = field(default_factory=Counter)  # per client IP
     on_queued: Callable[[], None] = lambda: None  # wakes the queue manager
+    # Checks run on every complete message before commit, per listener
+    # (trust checks on smtp, signing on submission); filled in by serve.
+    hooks: dict[str, list[Any]] = field(default_factory=dict)
+
+    def message_hooks(self, listener: str) -> list[Any]:
+        return self.hooks.get(listener, [])
 
     @property
     def total_connections(self) -> int:

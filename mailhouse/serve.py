@@ -8,11 +8,10 @@ import signal
 
 from . import log
 from .auth.service import Authenticator
-from .config import UNBUILT_LISTENERS, Config, ConfigError
+from .config import LISTENER_NAMES, Config, ConfigError
 from .context import Context
 from .dns.resolver import Resolver
-from .net.pop3 import POP3Listener
-from .net.smtp import SMTPListener
+from .net.listeners import Listener, listener_class
 from .net.smtp_client import SMTPDeliverer
 from .net.tls import server_context
 from .queue.manager import QueueManager
@@ -21,18 +20,16 @@ from .store import open_store
 
 logger = log.get("serve")
 
-SMTP_LISTENERS = ("smtp", "submission", "submissions")
-
 
 def check_listeners(config: Config) -> None:
-    unbuilt = sorted(set(config.listen) & UNBUILT_LISTENERS)
-    if unbuilt:
-        raise ConfigError(
-            f"listener {unbuilt[0]!r} is not available in this version of mailhouse; "
-            f"remove [listen] {unbuilt[0]} from the configuration"
-        )
     if not config.listen:
         raise ConfigError("no listener configured: add a [listen] table (e.g. smtp = \"127.0.0.1:2525\")")
+    for name in LISTENER_NAMES:
+        if name in config.listen and listener_class(name) is None:
+            raise ConfigError(
+                f"listener {name!r} is not available in this version of mailhouse; "
+                f"remove [listen] {name} from the configuration"
+            )
 
 
 async def serve(config: Config) -> None:
@@ -47,13 +44,12 @@ async def serve(config: Config) -> None:
                              max_parallel=config.queue.max_connections)
         ctx.on_queued = queue.kick
         queue_task = asyncio.get_running_loop().create_task(queue.run())
-        listeners: list[SMTPListener | POP3Listener] = []
-        for name in (*SMTP_LISTENERS, "pop3", "pop3s"):
+        listeners: list[Listener] = []
+        for name in LISTENER_NAMES:
             if name in config.listen:
                 host, port = config.listen[name]
-                lst: SMTPListener | POP3Listener = (
-                    SMTPListener(ctx, name, host, port) if name in SMTP_LISTENERS else POP3Listener(ctx, name, host, port)
-                )
+                cls = listener_class(name)
+                lst: Listener = cls(ctx, name, host, port)
                 try:
                     await lst.start()
                 except OSError as e:

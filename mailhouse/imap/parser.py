@@ -68,7 +68,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
-from typing import ClassVar, Final, Literal, NoReturn, TypeAlias
+from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, overload
 
 from mailhouse.imap.sequence import STAR, SequenceSet
 
@@ -333,6 +333,9 @@ class BinarySize:
 
 FetchItem: TypeAlias = FetchAttr | BodySection | BinarySection | BinarySize
 
+# Immutable, so one shared instance per name spares an allocation per item.
+_FETCH_ATTRS: Final = {name: FetchAttr(name) for name in FETCH_SIMPLE}
+
 
 # --- search keys -----------------------------------------------------------------------
 #
@@ -473,10 +476,15 @@ SearchKey: TypeAlias = (
 # --- commands -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Command:
     """Base of every parsed command; ``name`` is the upper-case command word
-    (without ``UID``) and ``tag`` the client's tag."""
+    (without ``UID``) and ``tag`` the client's tag.
+
+    Commands are slotted dataclasses compared by value. They are not frozen
+    (a frozen dataclass costs microseconds per command on the FETCH hot
+    path); treat them as read-only all the same.
+    """
 
     name: ClassVar[str] = ""
     tag: str
@@ -487,27 +495,27 @@ class Command:
         return ("UID " if getattr(self, "uid", False) else "") + self.name
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Capability(Command):
     name: ClassVar[str] = "CAPABILITY"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Noop(Command):
     name: ClassVar[str] = "NOOP"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Logout(Command):
     name: ClassVar[str] = "LOGOUT"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StartTLS(Command):
     name: ClassVar[str] = "STARTTLS"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Authenticate(Command):
     """``AUTHENTICATE mechanism [initial-response]`` (RFC 4959 SASL-IR).
 
@@ -521,14 +529,14 @@ class Authenticate(Command):
     initial_response: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Login(Command):
     name: ClassVar[str] = "LOGIN"
     username: bytes
     password: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Enable(Command):
     """``ENABLE cap...``; capability names upper-cased."""
 
@@ -547,7 +555,7 @@ class QresyncParams:
     known_uid_set: SequenceSet | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SelectCommand(Command):
     """Fields shared by SELECT and EXAMINE (``readonly`` tells them apart)."""
 
@@ -557,18 +565,18 @@ class SelectCommand(Command):
     qresync: QresyncParams | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Select(SelectCommand):
     name: ClassVar[str] = "SELECT"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Examine(SelectCommand):
     name: ClassVar[str] = "EXAMINE"
     readonly: ClassVar[bool] = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Create(Command):
     """``CREATE name [(USE (\\Drafts ...))]``; known uses in canonical case."""
 
@@ -577,32 +585,32 @@ class Create(Command):
     special_use: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Delete(Command):
     name: ClassVar[str] = "DELETE"
     mailbox: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Rename(Command):
     name: ClassVar[str] = "RENAME"
     mailbox: bytes
     new_name: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Subscribe(Command):
     name: ClassVar[str] = "SUBSCRIBE"
     mailbox: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Unsubscribe(Command):
     name: ClassVar[str] = "UNSUBSCRIBE"
     mailbox: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class List(Command):
     """LIST, basic or extended (RFC 5258, 5819, 6154, 9051).
 
@@ -630,19 +638,19 @@ class List(Command):
     return_status: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Lsub(Command):
     name: ClassVar[str] = "LSUB"
     reference: bytes
     pattern: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Namespace(Command):
     name: ClassVar[str] = "NAMESPACE"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Status(Command):
     """``STATUS mailbox (items)``; items upper-cased, in the client's order."""
 
@@ -667,41 +675,41 @@ class AppendMessage:
     utf8: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Append(Command):
     name: ClassVar[str] = "APPEND"
     mailbox: bytes
     messages: tuple[AppendMessage, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Idle(Command):
     """``IDLE``: the session then reads ``DONE`` with ``read_line``."""
 
     name: ClassVar[str] = "IDLE"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Check(Command):
     name: ClassVar[str] = "CHECK"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Close(Command):
     name: ClassVar[str] = "CLOSE"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Unselect(Command):
     name: ClassVar[str] = "UNSELECT"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Expunge(Command):
     name: ClassVar[str] = "EXPUNGE"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class UidExpunge(Command):
     """``UID EXPUNGE set`` (UIDPLUS, RFC 9051)."""
 
@@ -710,7 +718,7 @@ class UidExpunge(Command):
     sequence_set: SequenceSet
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Search(Command):
     """SEARCH / UID SEARCH.
 
@@ -727,7 +735,7 @@ class Search(Command):
     return_options: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Fetch(Command):
     """FETCH / UID FETCH.
 
@@ -746,7 +754,7 @@ class Fetch(Command):
     vanished: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Store(Command):
     """STORE / UID STORE: ``FLAGS``/``+FLAGS``/``-FLAGS`` (action ``set``,
     ``add``, ``remove``), ``.SILENT``, and UNCHANGEDSINCE (RFC 7162)."""
@@ -760,7 +768,7 @@ class Store(Command):
     unchanged_since: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Copy(Command):
     name: ClassVar[str] = "COPY"
     uid: bool = False
@@ -768,7 +776,7 @@ class Copy(Command):
     mailbox: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Move(Command):
     name: ClassVar[str] = "MOVE"
     uid: bool = False
@@ -782,7 +790,7 @@ class SortCriterion:
     reverse: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Sort(Command):
     """SORT / UID SORT (RFC 5256), with ESORT ``RETURN`` (RFC 5267)."""
 
@@ -794,7 +802,7 @@ class Sort(Command):
     return_options: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Thread(Command):
     """THREAD / UID THREAD (RFC 5256); ``algorithm`` upper-cased."""
 
@@ -805,7 +813,7 @@ class Thread(Command):
     search: SearchKey
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Id(Command):
     """``ID (field value ...)`` or ``ID NIL`` (RFC 2971); decoded as UTF-8
     (invalid octets replaced), since the values are only for logs."""
@@ -814,19 +822,19 @@ class Id(Command):
     parameters: tuple[tuple[str, str | None], ...] | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GetQuota(Command):
     name: ClassVar[str] = "GETQUOTA"
     root: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GetQuotaRoot(Command):
     name: ClassVar[str] = "GETQUOTAROOT"
     mailbox: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SetQuota(Command):
     """``SETQUOTA root (RESOURCE limit ...)``; resource names upper-cased."""
 
@@ -835,7 +843,7 @@ class SetQuota(Command):
     limits: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Compress(Command):
     """``COMPRESS mechanism`` (RFC 4978); upper-cased, e.g. ``DEFLATE``."""
 
@@ -1703,15 +1711,25 @@ def _partial(r: _Reader) -> Partial | None:
     return Partial(offset, length)
 
 
-def _fetch_att(r: _Reader) -> FetchItem:
+@overload
+def _fetch_att(r: _Reader) -> FetchItem: ...
+@overload
+def _fetch_att(r: _Reader, *, macro_ok: bool) -> FetchItem | str: ...
+
+
+def _fetch_att(r: _Reader, *, macro_ok: bool = False) -> FetchItem | str:
+    """One fetch item; with ``macro_ok`` a macro name (ALL/FAST/FULL) too."""
     m = _FETCH_NAME.match(r.buf, r.pos)
     if m is None:
         r.fail("Expected a fetch item")
     name = m.group().decode("ascii").upper()
     r.pos = m.end()
     if r.peek() != 0x5B:
-        if name in FETCH_SIMPLE:
-            return FetchAttr(name)
+        simple = _FETCH_ATTRS.get(name)
+        if simple is not None:
+            return simple
+        if macro_ok and name in FETCH_MACROS:
+            return name
         if name in FETCH_MACROS:
             r.fail(f"{name} cannot be combined with other fetch items")
         r.fail(f"Unknown fetch item {_show(m.group())}")
@@ -1741,14 +1759,12 @@ def _p_fetch(r: _Reader, tag: str, uid: bool) -> Command:
             items.append(_fetch_att(r))
         r.char(0x29, "')' after the fetch items")
     else:
-        m = _FETCH_NAME.match(r.buf, r.pos)
-        word = m.group().upper().decode("ascii") if m is not None else ""
-        if m is not None and word in FETCH_MACROS:
-            macro = word
-            r.pos = m.end()
-            items.extend(FetchAttr(a) for a in FETCH_MACROS[word])
+        item = _fetch_att(r, macro_ok=True)
+        if isinstance(item, str):
+            macro = item
+            items.extend(_FETCH_ATTRS[a] for a in FETCH_MACROS[item])
         else:
-            items.append(_fetch_att(r))
+            items.append(item)
     changed_since: int | None = None
     vanished = False
     if r.maybe_sp():
@@ -1948,13 +1964,19 @@ def _parse_command(text: bytes, lits: list[bytes], max_depth: int) -> Command | 
     tag: str | None = None
     name: str | None = None
     try:
-        m = _TAG.match(text)
-        if m is None:
-            return ParseError(None, "Missing or invalid tag")
-        tag = m.group().decode("ascii")
-        r.pos = m.end()
-        r.sp()
-        word = r.keyword("a command name")
+        fast = _HEAD.match(text)
+        if fast is not None and (fast.end() == r.end or text[fast.end()] == 0x20):
+            tag = fast.group(1).decode("ascii")
+            word = fast.group(2).decode("ascii").upper()
+            r.pos = fast.end(2)
+        else:
+            m = _TAG.match(text)
+            if m is None:
+                return ParseError(None, "Missing or invalid tag")
+            tag = m.group().decode("ascii")
+            r.pos = m.end()
+            r.sp()
+            word = r.keyword("a command name")
         uid = False
         if word == "UID":
             uid = True
@@ -2224,8 +2246,12 @@ class CommandParser:
         end = lf - 1 if lf > self._pos and buf[lf - 1] == 0x0D else lf
         line = bytes(buf[self._pos : end])
         self._pos = self._scan = lf + 1
-        if not line and not self._parts:
-            return _AGAIN
+        if not self._parts:
+            if not line:
+                return _AGAIN
+            if len(line) <= room and not line.endswith(b"}") and b"\r" not in line:
+                # The common case: a whole command on one line.
+                return _parse_command(line, _NO_LITERALS, self.max_depth)
         if len(line) > room:
             return self._fail(line, "Command line too long", "LIMIT")
         if b"\r" in line:
@@ -2248,11 +2274,10 @@ class CommandParser:
         )
         tag, name = self._head(self._parts[0])
         if too_big:
-            reason = (
-                "Literal too big"
-                if size > LITERAL_MINUS_MAX or sync
-                else "Non-synchronizing literal too big"
-            )
+            if size > self.max_literal or self._total + size > self.max_command:
+                reason = "Literal too big"
+            else:
+                reason = "Non-synchronizing literal over 4096 octets (LITERAL-)"
             status: Literal["BAD", "NO"] = "NO" if name == "APPEND" else "BAD"
             err = ParseError(tag, reason, name, "TOOBIG", status)
             if sync:
@@ -2274,6 +2299,9 @@ class CommandParser:
                 return ParseError(tag, "Unknown command", name)
             return NeedContinuation(tag, size, bool(m.group(1)))
         return _AGAIN
+
+
+_NO_LITERALS: Final[list[bytes]] = []
 
 
 class _Marker:

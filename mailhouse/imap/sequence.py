@@ -82,22 +82,38 @@ class SequenceSet:
         self.saved = saved
 
     @classmethod
+    def _make(cls, ranges: tuple[tuple[int, int], ...], saved: bool) -> SequenceSet:
+        # Trusted constructor for already normalised ranges: parsing is on
+        # the hot path of every FETCH/STORE/SEARCH.
+        obj = object.__new__(cls)
+        obj.ranges = ranges
+        obj.saved = saved
+        return obj
+
+    @classmethod
     def parse(cls, text: bytes | str) -> SequenceSet:
         """Parse ``1:3,5,7:*`` or ``$``; raise ValueError when it is not one."""
         data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+        cached = _CACHE.get(data)
+        if cached is not None:
+            return cached
         if data == b"$":
-            return cls(saved=True)
-        if _SET.fullmatch(data) is None:
+            result = cls._make((), True)
+        elif _SET.fullmatch(data) is None:
             raise ValueError("invalid sequence set")
-        if b"," not in data and b":" not in data:
-            n = _number(data)
-            return cls(((n, n),))
-        out: list[tuple[int, int]] = []
-        for item in data.split(b","):
-            lo, sep, hi = item.partition(b":")
-            a = _number(lo)
-            out.append((a, _number(hi)) if sep else (a, a))
-        return cls(out)
+        else:
+            out: list[tuple[int, int]] = []
+            for item in data.split(b","):
+                lo, sep, hi = item.partition(b":")
+                a = _number(lo)
+                b = _number(hi) if sep else a
+                out.append((a, b) if a <= b else (b, a))
+            result = cls._make(tuple(out), False)
+        if len(data) <= 32:
+            if len(_CACHE) >= 256:
+                _CACHE.clear()
+            _CACHE[data] = result
+        return result
 
     @classmethod
     def of(cls, values: Iterable[int]) -> SequenceSet:
@@ -223,6 +239,11 @@ class SequenceSet:
 
     def __hash__(self) -> int:
         return hash((self.saved, self.ranges))
+
+
+# Clients repeat the same few sets ("1:*", "1", "$"...); SequenceSet is
+# never mutated, so parsed instances are shared.
+_CACHE: dict[bytes, SequenceSet] = {}
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ Public API:
 * :func:`has_header_section`: does a message start with a header field?
 * :func:`iter_fields` / :func:`get_header`: header fields of a header block.
 * :func:`decode_words`: RFC 2047 encoded-word decoding.
-* :func:`decode_bytes`: charset decoding with sane fallbacks.
+* :func:`decode_bytes` / :func:`codec_name`: charset decoding with sane fallbacks.
 * :func:`parse_content_type` / :func:`parse_disposition` / :func:`param_text`:
   MIME header values with RFC 2231 parameter continuations.
 """
@@ -226,6 +226,11 @@ _PREFIX_DECODABLE = frozenset(
     + [f"iso8859-{n}" for n in (*range(1, 12), *range(13, 17))]
     + [f"cp125{n}" for n in range(9)]
 )
+
+
+def codec_name(charset: str | None) -> str | None:
+    """The Python codec :func:`decode_bytes` tries first for ``charset``, or None."""
+    return _codec(charset) if charset else None
 
 
 def decode_bytes(data: bytes, charset: str | None, final: bool = True) -> str:

@@ -111,9 +111,9 @@ from typing import Any
 
 from mailhouse.mime.headers import (
     Buffer,
+    codec_name,
     decode_bytes,
     decode_words,
-    find_header_end,
     param_text,
     parse_content_type,
     parse_disposition,
@@ -163,11 +163,21 @@ class _Buf:
     """Uniform find/slice/count over bytes, bytearray, mmap and memoryview."""
 
     __slots__ = ("count", "data", "find", "size")
+    data: Buffer
+    find: Callable[[bytes, int, int], int]
+    count: Callable[[bytes, int, int], int]
+    size: int
 
     def __init__(self, raw: Buffer) -> None:
+        if type(raw) is bytes:
+            self.data = raw
+            self.find = raw.find
+            self.count = raw.count
+            self.size = len(raw)
+            return
         data: Buffer
         find: Callable[[bytes, int, int], int]
-        if type(raw) is bytes or isinstance(raw, bytes | bytearray | mmap.mmap):
+        if isinstance(raw, bytes | bytearray | mmap.mmap):
             data, find = raw, raw.find
         else:
             mv = raw
@@ -282,40 +292,49 @@ def _addr_spec(toks: list[_Token]) -> tuple[str | None, str, str]:
 # single regex; anything else (groups, comments, routes, escapes) goes to the
 # tokenizer. Both paths must give identical results (tested).
 _ATEXT = r'[^ \t\r\n"<>,;:@()\\\[\]]'
+# Possessive: no piece can give back characters the next one could use
+# (an atext run is followed by a blank or a special), so backtracking into
+# one could only fail again, slowly.
 _SIMPLE_ADDRESS = re.compile(
-    r'[ \t\r\n]*(?:(?:"([^"\\]*)"|(' + _ATEXT + r"+(?:[ \t\r\n]+" + _ATEXT + r"+)*))?"
-    r"[ \t\r\n]*<(" + _ATEXT + r"+)@(" + _ATEXT + r"+)>"
-    r"|(" + _ATEXT + r"+)@(" + _ATEXT + r"+))[ \t\r\n]*(?:,|\Z)"
+    r'[ \t\r\n]*+(?:(?:"([^"\\]*+)"|(' + _ATEXT + r"++(?:[ \t\r\n]++" + _ATEXT + r"++)*+))?+"
+    r"[ \t\r\n]*+<(" + _ATEXT + r"++)@(" + _ATEXT + r"++)>"
+    r"|(" + _ATEXT + r"++)@(" + _ATEXT + r"++))[ \t\r\n]*+(?:,|\Z)"
 )
 _WS_RUN = re.compile(r"[ \t\r\n]+")
 
 
+def _simple_address(m: re.Match[str]) -> Address:
+    quoted, phrase, local, host, bare_local, bare_host = m.groups()
+    if bare_local is not None:
+        return [None, None, bare_local, bare_host]
+    if quoted:
+        name: str | None = quoted
+    elif phrase:
+        # Single spaces between words (the usual case) stay as they are.
+        name = (
+            phrase
+            if phrase.isprintable() and "  " not in phrase
+            else _WS_RUN.sub(" ", phrase)
+        )
+    else:
+        name = None
+    return [name or None, None, local, host]
+
+
 def _simple_addresses(value: str) -> list[Address] | None:
+    n = len(value)
+    m = _SIMPLE_ADDRESS.match(value)
+    if m is not None and m.end() == n:
+        return [_simple_address(m)]  # the usual single address
     out: list[Address] = []
     pos = 0
-    n = len(value)
     while pos < n:
         m = _SIMPLE_ADDRESS.match(value, pos)
         if m is None:
             if value[pos:].strip(" \t\r\n"):
                 return None
             break
-        quoted, phrase, local, host, bare_local, bare_host = m.groups()
-        if bare_local is not None:
-            out.append([None, None, bare_local, bare_host])
-        else:
-            if quoted:
-                name: str | None = quoted
-            elif phrase:
-                # Single spaces between words (the usual case) stay as they are.
-                name = (
-                    phrase
-                    if phrase.isprintable() and "  " not in phrase
-                    else _WS_RUN.sub(" ", phrase)
-                )
-            else:
-                name = None
-            out.append([name or None, None, local, host])
+        out.append(_simple_address(m))
         pos = m.end()
     return out
 
@@ -405,18 +424,10 @@ def _addresses(raw: bytes | None) -> list[Address] | None:
     return parse_address_list(unfold(raw)) or None
 
 
-def _envelope(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    get = fields.get
-    date = get(b"date")
-    subject = get(b"subject")
-    frm = get(b"from")
-    sender = get(b"sender")
-    reply_to = get(b"reply-to")
-    to = get(b"to")
-    cc = get(b"cc")
-    bcc = get(b"bcc")
-    in_reply_to = get(b"in-reply-to")
-    message_id = get(b"message-id")
+def _envelope(fields: _Fields) -> dict[str, Any]:
+    (date, subject, frm, sender, reply_to, to, cc, bcc, in_reply_to, message_id) = fields[
+        _F_DATE : _F_MESSAGE_ID + 1
+    ]
     from_addrs = None if frm is None else (parse_address_list(unfold(frm)) or None)
     return {
         "date": None if date is None else unfold(date),
@@ -432,28 +443,118 @@ def _envelope(fields: dict[bytes, bytes]) -> dict[str, Any]:
     }
 
 
+# --- header fields --------------------------------------------------------------
+
+# The header fields the analysis reads; a header is parsed into a tuple with
+# the raw value (as headers.field_map gives it) of the first occurrence of
+# each, or None, at these indices.
+_WANTED = (
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "content-id",
+    "content-description",
+    "content-md5",
+    "content-language",
+    "content-location",
+    # _envelope relies on this order of the next ten
+    "date",
+    "subject",
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "in-reply-to",
+    "message-id",
+    "references",
+)
+(
+    _F_CONTENT_TYPE,
+    _F_ENCODING,
+    _F_DISPOSITION,
+    _F_ID,
+    _F_DESCRIPTION,
+    _F_MD5,
+    _F_LANGUAGE,
+    _F_LOCATION,
+    _F_DATE,
+    _F_SUBJECT,
+    _F_FROM,
+    _F_SENDER,
+    _F_REPLY_TO,
+    _F_TO,
+    _F_CC,
+    _F_BCC,
+    _F_IN_REPLY_TO,
+    _F_MESSAGE_ID,
+    _F_REFERENCES,
+) = range(len(_WANTED))
+
+_Fields = tuple[bytes | None, ...]
+_NO_FIELDS: _Fields = (None,) * len(_WANTED)
+
+
+def _header_pattern() -> re.Pattern[bytes]:
+    # One match() consumes the whole header block -- exactly the lines
+    # headers.find_header_end counts as fields and continuations -- and
+    # captures each wanted field in group index + 1. The conditional
+    # (?(n)(?!)) refuses a field whose group has matched already, so a
+    # repeated field falls through to the catch-all alternative and the
+    # first occurrence is kept, as field_map does. Each alternative starts
+    # with a character class, which lets `re` skip it cheaply. (A single
+    # pass: searching for each line start costs more than the whole match.)
+    value = rb"[^\n]*+(?:\n[ \t][^\n]*+)*+"
+    alternatives = [
+        b"[%s%s](?i:%s)(?(%d)(?!))[ \t]*+:(%s)"
+        % (
+            name[0].upper().encode(),
+            name[0].encode(),
+            re.escape(name[1:]).encode(),
+            group,
+            value,
+        )
+        for group, name in enumerate(_WANTED, 1)
+    ]
+    alternatives.append(rb"[\x21-\x39\x3b-\x7e]++[ \t]*+:" + value)
+    return re.compile(rb"(?:(?:" + b"|".join(alternatives) + rb")(?:\n|\Z))*+")
+
+
+_HEADER = _header_pattern()
+
+
+def _header(data: Buffer, start: int, end: int) -> tuple[int, _Fields]:
+    """``(body_start, fields)`` for the entity at ``data[start:end]``.
+
+    ``body_start`` is that of :func:`mailhouse.mime.headers.find_header_end`.
+    """
+    m = _HEADER.match(data, start, end)
+    assert m is not None  # zero fields match too
+    e = m.end()
+    if e >= end:
+        body_start = end
+    else:
+        c = data[e]
+        if c == 10:
+            body_start = e + 1
+        elif c == 13 and e + 1 < end and data[e + 1] == 10:
+            body_start = e + 2
+        else:
+            body_start = e
+    if e == start:
+        return body_start, _NO_FIELDS
+    if type(data) is not bytes:
+        # Groups of other buffers are not bytes: match a copy.
+        m = _HEADER.match(bytes(data[start:e]))
+        assert m is not None
+    return body_start, m.groups()
+
+
 # --- MIME tree ------------------------------------------------------------------
 
-# The header fields the analysis reads, matched at the start of each line of
-# "\n" + header block: other fields (Received:, DKIM-Signature:, ...) are
-# skipped without scanning or copying their values. Names are compared
-# case-insensitively; the value is everything after the colon, still folded,
-# exactly as :func:`mailhouse.mime.headers.field_map` returns it.
-_WANTED_FIELD = re.compile(
-    rb"\n(content-(?:type|transfer-encoding|disposition|id|description|md5|language|location)"
-    rb"|from|to|cc|bcc|subject|date|sender|reply-to|message-id|in-reply-to|references)"
-    rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
-    re.I,
-)
 _WSP = re.compile(rb"[ \t]*")
 _FIRST_TOKEN = re.compile(r"\s*([^\s;()]+)")
-
-
-def _fields(data: Buffer, start: int, fields_end: int) -> dict[bytes, bytes]:
-    """The first occurrence of each wanted field in the block ``data[start:fields_end]``."""
-    found = _WANTED_FIELD.findall(b"\n" + data[start:fields_end])
-    # Reversed so the first occurrence of a repeated field wins.
-    return {name.lower(): value for name, value in reversed(found)}
 
 
 @functools.lru_cache(maxsize=512)
@@ -499,22 +600,19 @@ class _Walker:
         mp_section: str,
         digest: bool,
         headerless: bool = False,
-    ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+    ) -> tuple[dict[str, Any], _Fields]:
         """Parse the entity at [start, end); returns its node and header fields."""
-        data = self.data
         if headerless:
-            fields_end = body_start = start
+            body_start, fields = start, _NO_FIELDS
         else:
-            fields_end, body_start = find_header_end(data, start, end)
-        fields = _fields(data, start, fields_end) if fields_end > start else {}
-        get = fields.get
+            body_start, fields = _header(self.data, start, end)
         self.parts += 1
         room = depth < MAX_DEPTH and self.parts < MAX_PARTS
 
         ctype: str | None = None
         subtype: str | None = None
         params: dict[str, str]
-        raw_ct = get(b"content-type")
+        raw_ct = fields[_F_CONTENT_TYPE]
         if raw_ct is not None:
             ctype, subtype, items = _content_type(raw_ct)
             params = dict(items)
@@ -544,7 +642,7 @@ class _Walker:
                 ctype, subtype, params = "application", "octet-stream", {}
 
         encoding = "7bit"
-        raw_cte = get(b"content-transfer-encoding")
+        raw_cte = fields[_F_ENCODING]
         if raw_cte is not None:
             known = _ENCODINGS.get(raw_cte.strip().lower())
             if known is not None:
@@ -556,7 +654,7 @@ class _Walker:
 
         disposition: dict[str, Any] | None = None
         filename: str | None = None
-        raw_cd = get(b"content-disposition")
+        raw_cd = fields[_F_DISPOSITION]
         if raw_cd is not None:
             dtype, dparams = parse_disposition(unfold(raw_cd))
             if dtype is not None:
@@ -565,15 +663,15 @@ class _Walker:
         if filename is None and ("name" in params or "name*" in params):
             filename = param_text(params, "name")
 
-        cid = get(b"content-id")
-        description = get(b"content-description")
-        md5 = get(b"content-md5")
+        cid = fields[_F_ID]
+        description = fields[_F_DESCRIPTION]
+        md5 = fields[_F_MD5]
         language: list[str] | None = None
-        raw_lang = get(b"content-language")
+        raw_lang = fields[_F_LANGUAGE]
         if raw_lang is not None:
             language = [t.strip() for t in unfold(raw_lang).split(",") if t.strip()] or None
         location: str | None = None
-        raw_location = get(b"content-location")
+        raw_location = fields[_F_LOCATION]
         if raw_location is not None:
             location = "".join(unfold(raw_location).split()) or None
 
@@ -713,29 +811,31 @@ _MONTHS = {
 }
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 # The RFC 5322 shape nearly every Date: has; email.utils handles the rest.
+# (Possessive where giving back characters cannot lead to a match.)
 _RFC5322_DATE = re.compile(
-    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2}\s+[A-Za-z]{3}\s+\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
-    r"\s+([+-]\d{4})\b"
+    r"\s*+(?:[A-Za-z]{3},\s*+)?+(\d{1,2}+\s++[A-Za-z]{3}\s++\d{4})\s++(\d\d):(\d\d)(?::(\d\d))?+"
+    r"\s++([+-]\d{4})\b"
 )
 _DMY = re.compile(r"(\d+)\s+(\S+)\s+(\d+)")
 # Memos for the parts of a date that repeat across messages: the day
-# ("28 Nov 2026" -> days since the epoch, _NOT_A_DAY when the fallback
-# parser must decide, None when the date is invalid) and the zone offset.
-_NOT_A_DAY = -1 << 62
-_DAYS: dict[str, int | None] = {}
+# ("28 Nov 2026" -> days since the epoch, or one of the markers below) and
+# the zone ("+0100" -> seconds to subtract).
+_NO_DATE = -(1 << 40)  # the date is invalid
+_NOT_RFC5322 = -(1 << 41)  # not the usual shape: email.utils decides
+_DAYS: dict[str, int] = {}
 _ZONES: dict[str, int] = {}
 
 
-def _day(dmy: str) -> int | None:
+def _day(dmy: str) -> int:
     m = _DMY.fullmatch(dmy)
     assert m is not None
     month = _MONTHS.get(m.group(2).lower())
     day = int(m.group(1))
     if month is None or not 1 <= day <= 31:
-        return _NOT_A_DAY
+        return _NOT_RFC5322
     year = int(m.group(3))
     if not year:
-        return None  # datetime's range (calendar.timegm's) starts at year 1
+        return _NO_DATE  # datetime's range (calendar.timegm's) starts at year 1
     # As calendar.timegm: day 31 of a short month runs into the next.
     return datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL + day - 1
 
@@ -754,14 +854,12 @@ def _timestamp(value: str | None) -> int | None:
     m = _RFC5322_DATE.match(value)
     if m is not None:
         dmy, hour, minute, second, zone = m.groups()
-        days = _DAYS.get(dmy, _NOT_A_DAY - 1)
-        if days == _NOT_A_DAY - 1:
+        days = _DAYS.get(dmy)
+        if days is None:
             if len(_DAYS) >= 1024:
                 _DAYS.clear()
             days = _DAYS[dmy] = _day(dmy)
-        if days is None:
-            return None
-        if days != _NOT_A_DAY:
+        if days > _NO_DATE:
             offset = _ZONES.get(zone)
             if offset is None:
                 if len(_ZONES) >= 1024:
@@ -769,6 +867,8 @@ def _timestamp(value: str | None) -> int | None:
                 offset = _ZONES[zone] = _zone(zone)
             stamp = days * 86400 + int(hour) * 3600 + int(minute) * 60 - offset
             return stamp + int(second) if second else stamp
+        if days == _NO_DATE:
+            return None
     try:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
@@ -822,10 +922,23 @@ def _ascii_superset(charset: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=64)
+def _utf8_first(charset: str | None) -> bool:
+    """Does :func:`decode_bytes` decode non-ASCII UTF-8 as UTF-8 for this charset?
+
+    It does when UTF-8 is the declared codec, or the first fallback: after
+    ASCII (which fails on any non-ASCII byte) or an unknown label.
+    """
+    return codec_name(charset) in (None, "ascii", "utf-8")
+
+
 def _preview(buf: _Buf, node: dict[str, Any]) -> str:
     start, end = node["body_start"], node["body_end"]
     is_html = node["subtype"] == "html"
-    charset = param_text(node["params"], "charset")
+    params = node["params"]
+    charset = params.get("charset")
+    if "charset*" in params or (charset is not None and "=?" in charset):
+        charset = param_text(params, "charset")
     encoding = node["encoding"]
     text = ""
     # Most previews come out of the first few KB; HTML may hide its text
@@ -840,18 +953,31 @@ def _preview(buf: _Buf, node: dict[str, Any]) -> str:
             if truncated:
                 chunk = chunk[: chunk.rfind(b"\n") + 1] or chunk
             chunk = binascii.a2b_qp(chunk)
-        if not is_html and chunk.isascii() and _ascii_superset(charset):
-            # Plain ASCII text (the usual case) is collapsed as bytes: the
-            # same words, without decoding kilobytes first.
-            text = _collapse_ascii(chunk)
-        else:
+        if is_html:
             text = decode_bytes(chunk, charset, final=not truncated)
-            if is_html:
-                text = html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text)))
-            text = _collapse(text)
+            text = _collapse(html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text))))
+        elif chunk.isascii():
+            if _ascii_superset(charset):
+                text = _collapse_bytes(chunk, "ascii")
+            else:
+                text = _collapse(decode_bytes(chunk, charset, final=not truncated))
+        elif _utf8_first(charset) and _is_utf8(chunk):
+            # What decode_bytes would return; without an incomplete final
+            # character, the same for a truncated window.
+            text = _collapse_bytes(chunk, "utf-8")
+        else:
+            text = _collapse(decode_bytes(chunk, charset, final=not truncated))
         if len(text) >= PREVIEW_CHARS or not truncated:
             break
     return text[:PREVIEW_CHARS]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _collapse(text: str) -> str:
@@ -865,32 +991,44 @@ def _collapse(text: str) -> str:
         size *= 4
 
 
-def _collapse_ascii(chunk: bytes) -> str:
-    # As _collapse(chunk.decode("ascii")): a prefix of the collapsed text
-    # that is longer than PREVIEW_CHARS, or all of it. Runs of blanks are
-    # squeezed with replace() rather than split into words and joined.
+def _collapse_bytes(chunk: bytes, encoding: str) -> str:
+    """``_collapse(chunk.decode(encoding))`` for valid ASCII or UTF-8 ``chunk``.
+
+    Like :func:`_collapse` a prefix of the collapsed text that is longer than
+    PREVIEW_CHARS, or all of it. The ASCII blanks are squeezed as bytes, with
+    replace() rather than by splitting words and joining them; text with
+    other blanks (NBSP, U+2000..., all non-printable) takes the slow way.
+    """
     size = PREVIEW_CHARS + PREVIEW_CHARS // 4
     while True:
         out = chunk[:size].translate(_ASCII_BLANKS)
         while out.find(b"  ") >= 0:
             out = out.replace(b"  ", b" ")
-        out = out.strip(b" ")
-        if len(out) > PREVIEW_CHARS or size >= len(chunk):
-            return out.decode("ascii")
+        # A multi-byte character cut at the end of the piece is dropped.
+        text = out.strip(b" ").decode(encoding, "ignore")
+        if not text.isprintable():
+            return _collapse(chunk.decode(encoding))
+        if len(text) > PREVIEW_CHARS or size >= len(chunk):
+            return text
         size *= 4
 
 
 def _flat(addrs: list[Address] | None) -> list[str]:
+    # address_string() of every address (not group markers), if not empty
     if not addrs:
         return []
-    return [s for a in addrs if a[3] is not None and (s := address_string(a))]
+    return [
+        s
+        for _, _, mailbox, host in addrs
+        if host is not None and (s := f"{mailbox or ''}@{host}" if host else (mailbox or ""))
+    ]
 
 
 def _add_summary(
     result: dict[str, Any],
     buf: _Buf,
     envelope: dict[str, Any],
-    fields: dict[bytes, bytes],
+    fields: _Fields,
     body: dict[str, Any],
 ) -> None:
     subject = envelope["subject"]
@@ -934,7 +1072,7 @@ def _add_summary(
     result["date"] = _timestamp(envelope["date"])
     result["message_id"] = _first_msgid(envelope["message_id"])
     result["in_reply_to"] = _first_msgid(envelope["in_reply_to"])
-    result["references"] = _msgids(fields.get(b"references"))
+    result["references"] = _msgids(fields[_F_REFERENCES])
     result["has_attachments"] = has_attachments
     result["preview"] = preview
 

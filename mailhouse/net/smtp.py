@@ -12,20 +12,14 @@ import contextlib
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import log
 from ..context import Context
-from ..delivery.assemble import Assembler
-from ..delivery.recipients import resolve
-from ..delivery.trace import TLSInfo, protocol_name, received_header, return_path_header
-from ..ids import new_queue_id
-from ..mime.structure import analyze
+from ..delivery.reception import Client, Reception, Refusal
+from ..delivery.trace import TLSInfo
 from ..smtp import server as sm
 from ..smtp.grammar import format_reply
-from ..store.base import BlobWriter, StoreError
-from ..store.models import Incoming, LocalTarget, RemoteTarget
 
 logger = log.get("smtpd")
 
@@ -33,19 +27,6 @@ READ_SIZE = 64 * 1024
 MAX_BUFFERED_INPUT = 1024 * 1024
 SHUTDOWN_GRACE = 10.0
 ANALYZE_INLINE_MAX = 64 * 1024  # larger: parse in a thread so the loop keeps turning
-
-
-@dataclass
-class Transaction:
-    queue_id: str
-    sender: str
-    params: dict[str, str | None]
-    local: list[LocalTarget] = field(default_factory=list)
-    remote: list[RemoteTarget] = field(default_factory=list)
-    recipients: list[str] = field(default_factory=list)
-    blob: BlobWriter | None = None
-    assembler: Assembler | None = None
-    started: float = field(default_factory=time.time)
 
 
 class SMTPSession(asyncio.BufferedProtocol):
@@ -86,7 +67,7 @@ class SMTPSession(asyncio.BufferedProtocol):
         self.esmtp = False
         self.tls: TLSInfo | None = None
         self.auth_user: str | None = None
-        self.tx: Transaction | None = None
+        self.tx: Reception | None = None
         self.in_data = False
         self.messages = 0
         self.task: asyncio.Task[None] | None = None
@@ -191,8 +172,8 @@ class SMTPSession(asyncio.BufferedProtocol):
                     return
                 self._last_activity = time.monotonic()
                 if isinstance(ev, sm.DataChunk):
-                    if self.tx is not None and self.tx.assembler is not None:
-                        self.tx.assembler.feed(ev.data)
+                    if self.tx is not None:
+                        self.tx.feed(ev.data)
                 elif isinstance(ev, sm.DataComplete | sm.AuthAttempt | sm.StartTLS):
                     self._busy = True
                     self.task = asyncio.get_running_loop().create_task(self._decide(ev))
@@ -284,7 +265,7 @@ class SMTPSession(asyncio.BufferedProtocol):
             self.helo, self.esmtp = ev.name, ev.extended
         elif isinstance(ev, sm.MailFrom):
             self._end_transaction("new transaction")
-            self.tx = Transaction(new_queue_id(), ev.address, dict(ev.params))
+            self.tx = Reception(self.ctx, self._client(), ev.address, dict(ev.params), submission=self.submission)
             m.accept()
         elif isinstance(ev, sm.RcptTo):
             self._rcpt(ev)
@@ -307,123 +288,36 @@ class SMTPSession(asyncio.BufferedProtocol):
         elif isinstance(ev, sm.StartTLS):
             await self._starttls()
 
+    def _client(self) -> Client:
+        return Client(self.listener, self.peer_ip, self.helo, self.esmtp, self.tls, self.auth_user)
+
     def _rcpt(self, ev: sm.RcptTo) -> None:
-        m = self.machine
-        tx = self.tx
-        assert tx is not None
-        address = ev.address
-        res = resolve(self.ctx.store, address, orcpt=ev.params.get("ORCPT"), notify=ev.params.get("NOTIFY"))
-        if res.foreign and self.auth_user is None:
-            m.reject(554, "5.7.1", f"<{address}>: Relay access denied")
-            logger.info("%s: reject RCPT from [%s]: <%s> relay access denied", tx.queue_id, self.peer_ip, address)
-            return
-        if res.unknown:
-            m.reject(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in virtual mailbox table")
-            logger.info("%s: reject RCPT from [%s]: <%s> user unknown", tx.queue_id, self.peer_ip, address)
-            return
-        for t in res.local:
-            if all(x.account_id != t.account_id for x in tx.local):
-                tx.local.append(t)
-        for r in res.remote:
-            if all(x.address.lower() != r.address.lower() for x in tx.remote):
-                tx.remote.append(r)
-        tx.recipients.append(address)
-        m.accept()
+        assert self.tx is not None
+        refusal = self.tx.add_recipient(ev.address, ev.params)
+        if refusal is None:
+            self.machine.accept()
+        else:
+            self.machine.reject(refusal.code, refusal.enhanced, refusal.text)
 
     def _data_start(self) -> None:
-        tx = self.tx
-        if tx is None:
+        if self.tx is None:
             return
         self.in_data = True
-        now = time.time()
-        proto = protocol_name(esmtp=self.esmtp, tls=self.tls is not None, authenticated=self.auth_user is not None)
-        prefix = b""
-        if tx.local:
-            prefix += return_path_header(tx.sender)
-        prefix += received_header(
-            helo=self.helo, client_ip=self.peer_ip, hostname=self.ctx.config.hostname, protocol=proto,
-            queue_id=tx.queue_id, tls=self.tls, auth_user=self.auth_user,
-            recipient=tx.recipients[0] if len(tx.recipients) == 1 else None, when=now,
-        )
-        tx.blob = self.ctx.store.new_blob()
-        tx.assembler = Assembler(tx.blob, prefix, submission=self.submission, hostname=self.ctx.config.hostname)
+        self.tx.client = self._client()
+        self.tx.start_data()
 
     async def _data_complete(self) -> None:
-        m = self.machine
         tx = self.tx
         self.in_data = False
-        if tx is None or tx.blob is None or tx.assembler is None:
-            m.reject(451, "4.3.0", "Error: no transaction")
+        if tx is None:
+            self.machine.reject(451, "4.3.0", "Error: no transaction")
             return
-        tx.assembler.finish()
-        blob = tx.blob
-        try:
-            if blob.size > ANALYZE_INLINE_MAX:
-                parse = await asyncio.get_running_loop().run_in_executor(None, lambda: analyze(blob.view()))
-            else:
-                parse = analyze(blob.view())
-        except Exception:
-            logger.exception("%s: analysis failed", tx.queue_id)
-            parse = {}
-        summary = parse.get("summary", parse) if isinstance(parse, dict) else {}
-        message_id = summary.get("message_id") if isinstance(summary, dict) else None
-        if isinstance(message_id, str):
-            message_id = message_id.strip().removeprefix("<").removesuffix(">") or None
+        result = await tx.complete(self.ctx.message_hooks(self.listener))
+        if isinstance(result, Refusal):
+            self.machine.reject(result.code, result.enhanced, result.text)
         else:
-            message_id = None
-        received = {
-            "listener": self.listener,
-            "client_ip": self.peer_ip,
-            "helo": self.helo,
-            "tls": {"version": self.tls.version, "cipher": self.tls.cipher} if self.tls else None,
-            "auth_user": self.auth_user,
-            "sender": tx.sender,
-            "recipients": tx.recipients,
-            "size": blob.size,
-            "server": self.ctx.config.hostname,
-        }
-        params = tx.params
-        incoming = Incoming(
-            queue_id=tx.queue_id,
-            sender=tx.sender,
-            local=tx.local,
-            remote=tx.remote,
-            parse=parse,
-            message_id=message_id,
-            internal_date=time.time(),
-            events=[("received", received)],
-            ret=params.get("RET"),
-            envid=params.get("ENVID"),
-            body_type=params.get("BODY"),
-            smtputf8="SMTPUTF8" in params,
-            auth_user=self.auth_user,
-        )
-        try:
-            delivered = await self.ctx.store.deliver(blob, incoming)
-        except StoreError as e:
-            logger.warning("%s: not stored: %s", tx.queue_id, e)
-            m.reject(451, "4.3.0", "Error: local delivery failed, try again later")
-            self._end_transaction("store error")
-            return
-        except Exception:
-            logger.exception("%s: not stored", tx.queue_id)
-            m.reject(451, "4.3.0", "Error: local delivery failed, try again later")
-            self._end_transaction("store error")
-            return
-        tx.blob = None  # committed: the store owns it now
-        m.message_accepted(tx.queue_id)
-        self.messages += 1
-        logger.info(
-            "%s: from=<%s>, size=%d, nrcpt=%d, client=[%s], helo=%s, listener=%s%s%s, message-id=<%s>",
-            tx.queue_id, tx.sender, blob.size, len(tx.recipients), self.peer_ip, self.helo or "-", self.listener,
-            f", tls={self.tls.version}" if self.tls else "", f", sasl_username={self.auth_user}" if self.auth_user else "",
-            message_id or "",
-        )
-        for d in delivered:
-            logger.info("%s: to=<%s>, relay=local, folder=%s, uid=%d, status=delivered", tx.queue_id, d.address, d.folder, d.uid)
-        if tx.remote:
-            logger.info("%s: queued for %s", tx.queue_id, ", ".join(f"<{r.address}>" for r in tx.remote))
-            self.ctx.on_queued()
+            self.machine.message_accepted(result.queue_id)
+            self.messages += 1
         self.tx = None
 
     async def _auth(self, ev: sm.AuthAttempt) -> None:
@@ -476,10 +370,8 @@ class SMTPSession(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ cleanup
     def _discard_blob(self) -> None:
-        if self.tx is not None and self.tx.blob is not None:
-            self.tx.blob.discard()
-            self.tx.blob = None
-            self.tx.assembler = None
+        if self.tx is not None:
+            self.tx.discard()
 
     def _end_transaction(self, why: str) -> None:
         self.in_data = False

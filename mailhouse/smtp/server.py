@@ -36,7 +36,6 @@ from mailhouse.smtp.grammar import (
     GrammarError,
     LineEndingNormalizer,
     ParameterError,
-    PathArgument,
     format_reply,
     is_xtext,
     normalize_line_endings,
@@ -282,7 +281,14 @@ def _text_reply(prefix: bytes, code: int, enhanced: str | None, text: str) -> by
 class _Replies:
     """The replies that depend only on the configuration, formatted once."""
 
-    __slots__ = ("closing", "ehlo_tail", "greeting", "hello_head", "too_many_errors")
+    __slots__ = (
+        "closing",
+        "ehlo_keywords",
+        "ehlo_tail",
+        "greeting",
+        "hello_head",
+        "too_many_errors",
+    )
 
     def __init__(
         self,
@@ -302,7 +308,8 @@ class _Replies:
             None if "\r" in hostname or "\n" in hostname else f"{hostname} Hello ".encode()
         )
         # EHLO keyword lines, indexed by "TLS active".
-        tails = []
+        keywords: list[tuple[str, ...]] = []
+        tails: list[bytes] = []
         for tls in (False, True):
             lines = [
                 "PIPELINING",
@@ -317,7 +324,9 @@ class _Replies:
                 lines.append("STARTTLS")
             if tls or auth_without_tls:
                 lines.append("AUTH PLAIN LOGIN")
+            keywords.append(tuple(lines))
             tails.append(format_reply(250, None, ["-", *lines])[len(b"250--\r\n") :])
+        self.ehlo_keywords: tuple[tuple[str, ...], ...] = tuple(keywords)
         self.ehlo_tail: tuple[bytes, ...] = tuple(tails)
 
 
@@ -372,6 +381,48 @@ def _utf8(data: bytes) -> str:
 
 class ServerConnection:
     """One SMTP server session. See the module docstring for the contract."""
+
+    # Slots: a session holds more attributes than a key-sharing instance dict
+    # takes, and every command reads a dozen of them.
+    __slots__ = (
+        "__weakref__",
+        "_auth_user",
+        "_bdat_error",
+        "_bdat_failed",
+        "_bdat_last",
+        "_bdat_raw_total",
+        "_bdat_remaining",
+        "_bdat_size",
+        "_bdat_used",
+        "_bol",
+        "_buf",
+        "_closed",
+        "_data_open",
+        "_eof",
+        "_errors",
+        "_events",
+        "_extended",
+        "_helo",
+        "_mail_from",
+        "_mode",
+        "_norm",
+        "_out",
+        "_oversize",
+        "_pending",
+        "_pending_address",
+        "_pending_auth",
+        "_pending_smtputf8",
+        "_pos",
+        "_r",
+        "_rcpt_count",
+        "_sasl_mech",
+        "_sasl_user",
+        "_scan",
+        "_size",
+        "_smtputf8",
+        "_tls",
+        "config",
+    )
 
     def __init__(self, config: ServerConfig, *, tls_active: bool = False) -> None:
         self.config = config
@@ -456,7 +507,7 @@ class ServerConnection:
     def greet(self) -> None:
         if self._closed:
             return  # refuse() came first
-        if self._pending is not _Pending.GREETING:
+        if self._pending is not _P_GREETING:
             raise StateError("greet() called twice")
         self._pending = None
         self._out += self._r.greeting
@@ -531,12 +582,13 @@ class ServerConnection:
                         self._consumed(nxt)
                         self._command(line)
                         continue
+                    # Take the groups first: a match slices its subject lazily.
+                    verb, arg = m.groups()
                     if nxt >= len(buf):
                         buf.clear()
                         self._pos = self._scan = 0
                     else:
                         self._pos = self._scan = nxt
-                    verb, arg = m.groups()
                     handler = _VERBS.get(verb) or _VERBS.get(verb.upper())
                     try:
                         if handler is None:
@@ -582,52 +634,64 @@ class ServerConnection:
 
     def accept(self, text: str | None = None) -> None:
         """Accept the pending MailFrom (250 2.1.0) or RcptTo (250 2.1.5)."""
-        pending = self._decide(_Pending.MAIL, _Pending.RCPT)
-        if pending is _Pending.MAIL:
+        if self._closed:
+            return  # e.g. refuse() raced the application's decision
+        pending = self._pending
+        if pending is _P_MAIL:
+            self._pending = None
             address = self._pending_address
             self._mail_from = address
             self._smtputf8 = self._pending_smtputf8
             self._rcpt_count = 0
-            self._reply(250, "2.1.0", text or f"{address or '<>'} ... Sender ok")
-        elif pending is _Pending.RCPT:
+            self._out += _text_reply(
+                b"250 2.1.0 ", 250, "2.1.0", text or f"{address or '<>'} ... Sender ok"
+            )
+        elif pending is _P_RCPT:
+            self._pending = None
             self._rcpt_count += 1
-            self._reply(250, "2.1.5", text or f"{self._pending_address} ... Recipient ok")
+            self._out += _text_reply(
+                b"250 2.1.5 ", 250, "2.1.5", text or f"{self._pending_address} ... Recipient ok"
+            )
+        else:
+            self._decide(_P_MAIL, _P_RCPT)  # raises StateError
 
     def reject(self, code: int, enhanced: str, text: str) -> None:
         """Refuse the pending MailFrom/RcptTo/AuthAttempt/DataComplete."""
         if not 400 <= code <= 599:
             raise ValueError("reject() needs a 4xx or 5xx code")
-        pending = self._decide(_Pending.MAIL, _Pending.RCPT, _Pending.AUTH, _Pending.DATA)
+        pending = self._decide(_P_MAIL, _P_RCPT, _P_AUTH, _P_DATA)
         if pending is None:
             return
-        if pending is _Pending.DATA:
+        if pending is _P_DATA:
             self._clear_transaction()
-        elif pending is _Pending.AUTH:
+        elif pending is _P_AUTH:
             self._pending_auth = None
         self._reply(code, enhanced, text)
 
     def auth_succeeded(self) -> None:
-        if self._decide(_Pending.AUTH) is None:
+        if self._decide(_P_AUTH) is None:
             return
         assert self._pending_auth is not None
         self._auth_user = self._pending_auth.username
         self._pending_auth = None
-        self._reply(235, "2.7.0", "Authentication successful")
+        self._out += _R_AUTH_OK
 
     def auth_failed(self, temporary: bool = False) -> None:
-        if self._decide(_Pending.AUTH) is None:
+        if self._decide(_P_AUTH) is None:
             return
         self._pending_auth = None
-        if temporary:
-            self._reply(454, "4.7.0", "Temporary authentication failure")
-        else:
-            self._reply(535, "5.7.8", "Authentication credentials invalid")
+        self._out += _R_AUTH_TEMP if temporary else _R_AUTH_BAD
 
     def message_accepted(self, queue_id: str) -> None:
-        if self._decide(_Pending.DATA) is None:
+        if self._closed:
             return
+        if self._pending is not _P_DATA:
+            self._decide(_P_DATA)  # raises StateError
+        self._pending = None
         self._clear_transaction()
-        self._reply(250, "2.0.0", f"Message accepted for delivery: queued as {queue_id}")
+        self._out += _text_reply(
+            b"250 2.0.0 ", 250, "2.0.0", f"Message accepted for delivery: queued as {queue_id}"
+        )
 
     def tls_started(self) -> None:
         """TLS is up: back to just-connected state, without a new greeting.
@@ -635,14 +699,14 @@ class ServerConnection:
         RFC 3207 §4.2: everything learnt before the handshake (EHLO name,
         authentication) is forgotten.
         """
-        if self._decide(_Pending.STARTTLS) is None:
+        if self._decide(_P_STARTTLS) is None:
             return
         self._tls = True
         self._helo = None
         self._extended = False
         self._auth_user = None
-        self._buf.clear()
-        self._mode = _Mode.COMMAND
+        self._discard_input()
+        self._mode = _COMMAND
 
     # -------------------------------------------------------------- helpers
 
@@ -650,12 +714,12 @@ class ServerConnection:
         self._out += format_reply(code, enhanced, text)
 
     def _error(self, code: int, enhanced: str, text: str, *, counts: bool = True) -> None:
-        self._reply(code, enhanced, text)
+        self._out += _error_reply(code, enhanced, text)
         if not counts:
             return
         self._errors += 1
         if self._errors >= self.config.max_errors:
-            self._reply(421, "4.7.0", f"{self.config.hostname} Error: too many errors")
+            self._out += self._r.too_many_errors
             self._close("closed")
 
     def _close(self, reason: str) -> None:
@@ -664,7 +728,7 @@ class ServerConnection:
             self._data_open = False
         self._closed = True
         self._pending = None
-        self._buf.clear()
+        self._discard_input()
 
     def _clear_transaction(self) -> None:
         self._mail_from = None
@@ -683,52 +747,41 @@ class ServerConnection:
             self._events.append(DataAborted(reason))
             self._data_open = False
         if self._mail_from is not None:
-            self._events.append(Reset())
+            self._events.append(_EV_RESET)
         self._clear_transaction()
 
     def _auth_offered(self) -> bool:
         return self._tls or self.config.auth_without_tls
 
-    def _ehlo_keywords(self) -> list[str]:
-        lines = [
-            "PIPELINING",
-            f"SIZE {self.config.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-            "DSN",
-        ]
-        if self.config.tls_available and not self._tls:
-            lines.append("STARTTLS")
-        if self._auth_offered():
-            lines.append("AUTH PLAIN LOGIN")
-        return lines
-
     # -------------------------------------------------------------- stepping
 
     def _step(self) -> bool:
-        """Process one unit of input; False when more input is needed."""
-        mode = self._mode
-        if mode is _Mode.DATA:
-            return self._step_data()
-        if mode is _Mode.BDAT:
-            return self._step_bdat()
+        """Process one unit of non-command input; False when more input is needed."""
         buf = self._buf
+        if self._pos:
+            del buf[: self._pos]
+            self._pos = 0
+        self._scan = 0
+        mode = self._mode
+        if mode is _DATA:
+            return self._step_data()
+        if mode is _BDAT:
+            return self._step_bdat()
         idx = buf.find(b"\n")
-        if mode is _Mode.LONG_LINE:
+        if mode is _LONG_LINE:
             if idx < 0:
                 buf.clear()
                 return False
             del buf[: idx + 1]
             self._line_too_long()
             return True
+        # _SASL: a client response line.
         limit = self.config.max_command_line
         if idx < 0:
             # +1 leaves room for the CR of a CRLF whose LF is still in flight.
             if len(buf) > limit + 1:
                 buf.clear()
-                self._mode = _Mode.LONG_LINE
+                self._mode = _LONG_LINE
                 return True
             return False
         end = idx - 1 if idx > 0 and buf[idx - 1] == 0x0D else idx
@@ -739,10 +792,7 @@ class ServerConnection:
         line = bytes(buf[:end])
         del buf[: idx + 1]
         try:
-            if mode is _Mode.SASL:
-                self._sasl_line(line)
-            else:
-                self._command(line)
+            self._sasl_line(line)
         except _Reject as r:
             self._error(r.code, r.enhanced, r.text, counts=r.counts)
         return True
@@ -750,7 +800,7 @@ class ServerConnection:
     def _line_too_long(self) -> None:
         # One reply per over-long line, sent when its end arrives, keeps
         # replies in step with a pipelining client.
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         if self._sasl_mech:
             self._sasl_mech = ""
             self._sasl_user = None
@@ -761,94 +811,110 @@ class ServerConnection:
     # ------------------------------------------------------------- commands
 
     def _command(self, line: bytes) -> None:
+        """A command line that is not plain printable ASCII (next_event has the rest)."""
         try:
-            verb, arg = parse_command(line)
-        except CommandError:
-            raise _Reject(500, "5.5.2", "Error: bad syntax") from None
-        handler = self._handlers.get(verb)
-        if handler is None:
-            raise _Reject(500, "5.5.2", "Error: command not recognized")
-        handler(self, arg)
+            try:
+                verb, arg = parse_command(line)
+            except CommandError:
+                raise _Reject(500, "5.5.2", "Error: bad syntax") from None
+            handler = self._handlers.get(verb)
+            if handler is None:
+                raise _Reject(500, "5.5.2", "Error: command not recognized")
+            handler(self, arg)
+        except _Reject as r:
+            self._error(r.code, r.enhanced, r.text, counts=r.counts)
 
     def _require_helo(self) -> None:
         if self._helo is None:
             raise _Reject(503, "5.5.1", "Error: send HELO/EHLO first")
 
     def _cmd_helo(self, arg: str) -> None:
-        self._hello(arg, extended=False)
+        self._hello(arg, False)
 
     def _cmd_ehlo(self, arg: str) -> None:
-        self._hello(arg, extended=True)
+        self._hello(arg, True)
 
-    def _hello(self, arg: str, *, extended: bool) -> None:
-        verb = "EHLO" if extended else "HELO"
+    def _hello(self, arg: str, extended: bool) -> None:
         if not arg or " " in arg:
-            raise _Reject(501, "5.5.4", f"Syntax: {verb} hostname")
+            raise _Reject(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
         # RFC 5321 §4.1.4: a new EHLO resets the state like RSET.
         self._end_transaction("ehlo")
         self._helo = arg
         self._extended = extended
-        first = f"{self.config.hostname} Hello {arg}, pleased to meet you"
-        self._reply(250, None, [first, *self._ehlo_keywords()] if extended else first)
+        r = self._r
+        head = r.hello_head
+        if head is None:  # the hostname holds a line break: format_reply decides
+            first = f"{self.config.hostname} Hello {arg}, pleased to meet you"
+            keywords = r.ehlo_keywords[self._tls]
+            self._reply(250, None, [first, *keywords] if extended else first)
+        elif extended:
+            self._out += (
+                b"250-" + head + arg.encode() + b", pleased to meet you\r\n" + r.ehlo_tail[self._tls]
+            )
+        else:
+            self._out += b"250 " + head + arg.encode() + b", pleased to meet you\r\n"
         self._events.append(Hello(arg, extended))
 
     def _cmd_mail(self, arg: str) -> None:
-        self._require_helo()
+        if self._helo is None:
+            raise _Reject(503, "5.5.1", "Error: send HELO/EHLO first")
         if self.config.submission and self._auth_user is None:
             raise _Reject(530, "5.7.0", "Authentication required")
         if self._mail_from is not None:
             raise _Reject(503, "5.5.1", "Error: nested MAIL command")
-        parsed = self._parse_path(parse_mail_from, arg, "FROM", "5.1.7", "sender")
-        params = parsed.params
-        unknown = params.keys() - _MAIL_PARAMS
-        if unknown:
-            raise _Reject(555, "5.5.4", f"Unsupported parameter: {sorted(unknown)[0]}")
-        self._check_mail_params(params)
-        smtputf8 = "SMTPUTF8" in params
-        if parsed.utf8 and not smtputf8:
+        try:
+            address, params, utf8 = parse_mail_from(arg)
+        except (CommandError, AddressError, ParameterError) as e:
+            raise self._path_error(e, "MAIL FROM", "5.1.7", "sender") from None
+        smtputf8 = False
+        if params:
+            unknown = params.keys() - _MAIL_PARAMS
+            if unknown:
+                raise _Reject(555, "5.5.4", f"Unsupported parameter: {sorted(unknown)[0]}")
+            self._check_mail_params(params)
+            smtputf8 = "SMTPUTF8" in params
+        if utf8 and not smtputf8:
             raise _Reject(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
-        size = params.get("SIZE")
-        if size is not None and int(size) > self.config.max_message_size:
-            raise _Reject(
-                552, "5.3.4", "Message size exceeds fixed maximum message size", counts=False
-            )
-        self._pending_address = parsed.address
+        if params:
+            size = params.get("SIZE")
+            if size is not None and int(size) > self.config.max_message_size:
+                raise _Reject(
+                    552, "5.3.4", "Message size exceeds fixed maximum message size", counts=False
+                )
+        self._pending_address = address
         self._pending_smtputf8 = smtputf8
-        self._pending = _Pending.MAIL
-        self._events.append(MailFrom(parsed.address, params))
+        self._pending = _P_MAIL
+        self._events.append(MailFrom(address, params))
 
     def _cmd_rcpt(self, arg: str) -> None:
         if self._mail_from is None:
             raise _Reject(503, "5.5.1", "Error: need MAIL command")
         if self._bdat_used:
             raise _Reject(503, "5.5.1", "Error: RCPT not allowed after BDAT")
-        parsed = self._parse_path(parse_rcpt_to, arg, "TO", "5.1.3", "recipient")
-        params = parsed.params
-        unknown = params.keys() - _RCPT_PARAMS
-        if unknown:
-            raise _Reject(555, "5.5.4", f"Unsupported parameter: {sorted(unknown)[0]}")
-        self._check_rcpt_params(params)
-        if parsed.utf8 and not self._smtputf8:
+        try:
+            address, params, utf8 = parse_rcpt_to(arg)
+        except (CommandError, AddressError, ParameterError) as e:
+            raise self._path_error(e, "RCPT TO", "5.1.3", "recipient") from None
+        if params:
+            unknown = params.keys() - _RCPT_PARAMS
+            if unknown:
+                raise _Reject(555, "5.5.4", f"Unsupported parameter: {sorted(unknown)[0]}")
+            self._check_rcpt_params(params)
+        if utf8 and not self._smtputf8:
             raise _Reject(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
         if self._rcpt_count >= self.config.max_recipients:
             raise _Reject(452, "4.5.3", "Too many recipients", counts=False)
-        self._pending_address = parsed.address
-        self._pending = _Pending.RCPT
-        self._events.append(RcptTo(parsed.address, params))
+        self._pending_address = address
+        self._pending = _P_RCPT
+        self._events.append(RcptTo(address, params))
 
     @staticmethod
-    def _parse_path(
-        parser: Callable[[str], PathArgument], arg: str, keyword: str, enhanced: str, what: str
-    ) -> PathArgument:
-        verb = "MAIL FROM" if keyword == "FROM" else "RCPT TO"
-        try:
-            return parser(arg)
-        except CommandError:
-            raise _Reject(501, "5.5.4", f"Syntax: {verb}:<address>") from None
-        except AddressError as e:
-            raise _Reject(501, enhanced, f"Bad {what} address syntax: {e.reason}") from None
-        except ParameterError as e:
-            raise _Reject(501, "5.5.4", f"Syntax error in parameters: {e.reason}") from None
+    def _path_error(e: GrammarError, verb: str, enhanced: str, what: str) -> _Reject:
+        if isinstance(e, AddressError):
+            return _Reject(501, enhanced, f"Bad {what} address syntax: {e.reason}")
+        if isinstance(e, ParameterError):
+            return _Reject(501, "5.5.4", f"Syntax error in parameters: {e.reason}")
+        return _Reject(501, "5.5.4", f"Syntax: {verb}:<address>")
 
     @staticmethod
     def _bad_param(name: str) -> _Reject:
@@ -915,13 +981,13 @@ class ServerConnection:
             raise _Reject(503, "5.5.1", "Error: DATA not allowed after BDAT")
         if self._rcpt_count == 0:
             raise _Reject(554, "5.5.1", "No valid recipients")
-        self._reply(354, None, 'Enter mail, end with "." on a line by itself')
-        self._mode = _Mode.DATA
+        self._out += _R_354
+        self._mode = _DATA
         self._bol = True
         self._size = 0
         self._oversize = False
         self._data_open = True
-        self._events.append(DataStart())
+        self._events.append(_EV_DATA_START)
 
     def _cmd_bdat(self, arg: str) -> None:
         parts = arg.split(" ")
@@ -933,7 +999,7 @@ class ServerConnection:
             raise _Reject(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
         size = int(parts[0])
         last = len(parts) == 2
-        self._mode = _Mode.BDAT
+        self._mode = _BDAT
         self._bdat_remaining = size
         self._bdat_size = size
         self._bdat_last = last
@@ -958,7 +1024,7 @@ class ServerConnection:
                 self._size = 0
                 self._oversize = False
                 self._norm = LineEndingNormalizer()
-                self._events.append(DataStart())
+                self._events.append(_EV_DATA_START)
             self._bdat_raw_total += size
             # CRLF normalization only grows content, so the declared size is
             # a lower bound: refuse at once instead of after reading it all.
@@ -969,33 +1035,33 @@ class ServerConnection:
         if arg:
             raise _Reject(501, "5.5.4", "Syntax: RSET")
         self._end_transaction("rset")
-        self._reply(250, "2.0.0", "Ok")
+        self._out += _R_OK
 
     def _cmd_noop(self, arg: str) -> None:
-        self._reply(250, "2.0.0", "Ok")
+        self._out += _R_OK
 
     def _cmd_quit(self, arg: str) -> None:
         if arg:
             raise _Reject(501, "5.5.4", "Syntax: QUIT")
-        self._reply(221, "2.0.0", f"{self.config.hostname} closing connection")
+        self._out += self._r.closing
         if self._data_open:
             self._events.append(DataAborted("quit"))
             self._data_open = False
-        self._events.append(Quit())
+        self._events.append(_EV_QUIT)
         self._closed = True
-        self._buf.clear()
+        self._discard_input()
 
     def _cmd_vrfy(self, arg: str) -> None:
         if not arg:
             raise _Reject(501, "5.5.4", "Syntax: VRFY address")
         # Never confirm: VRFY is an address-harvesting oracle (RFC 5321 §7.3).
-        self._reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+        self._out += _R_VRFY
 
     def _cmd_expn(self, arg: str) -> None:
         raise _Reject(502, "5.5.1", "Error: EXPN not supported", counts=False)
 
     def _cmd_help(self, arg: str) -> None:
-        self._reply(214, "2.0.0", _HELP_TEXT)
+        self._out += _R_HELP
 
     def _cmd_starttls(self, arg: str) -> None:
         if arg:
@@ -1006,12 +1072,12 @@ class ServerConnection:
             raise _Reject(502, "5.5.1", "Error: command not implemented")
         self._require_helo()
         self._end_transaction("starttls")
-        self._reply(220, "2.0.0", "Ready to start TLS")
+        self._out += _R_STARTTLS
         # Anything pipelined behind STARTTLS arrived in clear text and must
         # not be executed inside the TLS session (CVE-2011-0411).
-        self._buf.clear()
-        self._pending = _Pending.STARTTLS
-        self._events.append(StartTLS())
+        self._discard_input()
+        self._pending = _P_STARTTLS
+        self._events.append(_EV_STARTTLS)
 
     # ----------------------------------------------------------------- AUTH
 
@@ -1051,10 +1117,10 @@ class ServerConnection:
         # RFC 4954 §4: "334" SP [base64] -- the space stays even when empty,
         # which format_reply would (rightly, for ordinary replies) drop.
         self._out += f"334 {challenge}\r\n".encode("ascii")
-        self._mode = _Mode.SASL
+        self._mode = _SASL
 
     def _sasl_line(self, line: bytes) -> None:
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         if line == b"*":
             self._sasl_mech = ""
             raise _Reject(501, "5.0.0", "Authentication cancelled", counts=False)
@@ -1095,7 +1161,7 @@ class ServerConnection:
 
     def _auth_attempt(self, attempt: AuthAttempt) -> None:
         self._pending_auth = attempt
-        self._pending = _Pending.AUTH
+        self._pending = _P_AUTH
         self._events.append(attempt)
 
     # ------------------------------------------------------------ DATA body
@@ -1154,14 +1220,14 @@ class ServerConnection:
         return True
 
     def _data_finished(self) -> None:
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         if self._oversize:
             self._clear_transaction()
-            self._reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            self._out += _R_TOO_BIG
             return
         self._data_open = False
-        self._pending = _Pending.DATA
-        self._events.append(DataComplete())
+        self._pending = _P_DATA
+        self._events.append(_EV_DATA_COMPLETE)
 
     def _step_bdat(self) -> bool:
         buf = self._buf
@@ -1176,7 +1242,7 @@ class ServerConnection:
             if self._bdat_error is None and not self._oversize:
                 self._content(self._norm.feed(piece))
             return True
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         error, self._bdat_error = self._bdat_error, None
         if error is not None:
             if self._bdat_failed and self._bdat_last:
@@ -1190,13 +1256,13 @@ class ServerConnection:
                 self._clear_transaction()
             else:
                 self._bdat_failed = True
-            self._reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            self._out += _R_TOO_BIG
         elif self._bdat_last:
             self._data_open = False
-            self._pending = _Pending.DATA
-            self._events.append(DataComplete())
+            self._pending = _P_DATA
+            self._events.append(_EV_DATA_COMPLETE)
         else:
-            self._reply(250, "2.0.0", f"{self._bdat_size} octets received")
+            self._out += b"250 2.0.0 %d octets received\r\n" % self._bdat_size
         return True
 
     _handlers: Final = {
@@ -1215,3 +1281,9 @@ class ServerConnection:
         "STARTTLS": _cmd_starttls,
         "AUTH": _cmd_auth,
     }
+
+
+# The fast path's verb table: what _COMMAND_RE captured, as sent or upper-cased.
+_VERBS: Final[dict[bytes, Callable[[ServerConnection, str], None]]] = {
+    verb.encode("ascii"): handler for verb, handler in ServerConnection._handlers.items()
+}

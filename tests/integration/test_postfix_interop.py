@@ -189,17 +189,19 @@ def test_mailhouse_reuses_connections_into_postfix(
     crepes_and_postfix: tuple[MailServer, PostfixInstance],
 ) -> None:
     crepes, pf = crepes_and_postfix
-    n = 6
+    n = 5
     with smtplib.SMTP("127.0.0.1", crepes.port("submission"), timeout=20) as s:
         s.starttls(context=tls_context())
         s.login("alice@crepes.fr", ALICE_PW)
-        # One after the other, each delivered before the next is sent: the next one
-        # finds the previous connection idle in mailhouse's cache (idle_timeout 10s).
-        # (Sent all at once they would go out in parallel, one connection each.)
+        # One after the other, each delivered and out of mailhouse's queue (by then
+        # its connection is back in the cache) before the next is sent: the next one
+        # finds that connection idle (idle_timeout 10s). Sent all at once they would
+        # go out in parallel, one connection each.
         for i in range(n):
             s.sendmail("alice@crepes.fr", ["user@pf.test"],
                        f"Subject: burst {i}\r\nMessage-ID: <burst-{i}@crepes.fr>\r\n\r\nmessage {i}\r\n".encode())
             wait_for(lambda i=i: len(maildir_files(pf, "user")) > i, timeout=30, msg=f"message {i} in the Maildir")
+            wait_for(lambda: queue(crepes) == [], msg="mailhouse's queue to empty")
     wait_for(lambda: queue(crepes) == [], msg="mailhouse's queue to empty")
     subjects = sorted(re.search(rb"(?m)^Subject: (.*)$", f.read_bytes()).group(1)  # type: ignore[union-attr]
                       for f in maildir_files(pf, "user"))
