@@ -59,6 +59,13 @@ class BlobWriter(abc.ABC):
     def discard(self) -> None:
         """Drop everything; the writer is unusable afterwards."""
 
+    @abc.abstractmethod
+    def splice(self, start: int, end: int, data: bytes) -> None:
+        """Replace bytes [start, end) with `data`, before the commit: header fields that
+        can only be written once the whole message is known (Authentication-Results,
+        DKIM-Signature) go in front, and forged ones are taken out. Cheap in memory;
+        a spooled file is rewritten."""
+
 
 class Store(abc.ABC):
     """Persistent state of one mailhouse node."""

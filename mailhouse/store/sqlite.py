@@ -145,6 +145,34 @@ class SpoolBlob(BlobWriter):
         if self._file is not None:
             self._file.close()
 
+    def splice(self, start: int, end: int, data: bytes) -> None:
+        if not 0 <= start <= end <= self.size:
+            raise ValueError("splice outside the message")
+        if self._file is None:
+            self._buf[start:end] = data
+            self.size = len(self._buf)
+            return
+        old_path = self.path
+        assert old_path is not None
+        self._file.flush()
+        if self._mmap is not None:
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None
+        new_path = old_path.with_name(old_path.name + "-s")
+        with open(old_path, "rb") as src, open(new_path, "xb") as dst:
+            dst.write(src.read(start))
+            dst.write(data)
+            src.seek(end)
+            while chunk := src.read(1024 * 1024):
+                dst.write(chunk)
+        self._file.close()
+        old_path.unlink()
+        self.path = new_path
+        self._file = open(new_path, "rb+", buffering=1024 * 1024)  # noqa: SIM115
+        self._file.seek(0, os.SEEK_END)
+        self.size = self._file.tell()
+
     def discard(self) -> None:
         self.close_file()
         if self.path is not None:

@@ -174,3 +174,17 @@ async def test_mailbox_operations(store: SQLiteStore) -> None:
     with pytest.raises(StoreError):
         await store.delete_folder(acc.id, "INBOX")
     unsubscribe()
+
+
+async def test_splice_in_memory_and_spooled(store: SQLiteStore) -> None:
+    for size in (100, INLINE_MAX + 100):
+        b = store.new_blob()
+        body = b"Return-Path: <a@b>\r\nSubject: x\r\n\r\n" + b"y" * size
+        b.write(body)
+        b.splice(20, 20, b"Authentication-Results: mx; spf=pass\r\n")
+        b.splice(0, 0, b"")
+        expected = body[:20] + b"Authentication-Results: mx; spf=pass\r\n" + body[20:]
+        assert b.size == len(expected) and bytes(b.view()) == expected
+        b.splice(20, 20 + 38, b"")
+        assert bytes(b.view()) == body
+        b.discard()
