@@ -87,6 +87,7 @@ class POP3Session:
         )
         self.account_id: int | None = None
         self.folder: Folder | None = None
+        self.address = ""
 
     async def flush(self) -> None:
         data = self.m.data_to_send()
@@ -148,7 +149,7 @@ class POP3Session:
             self.m.login_failed(temporary=True)
             return
         states = await self.ctx.store.folder_states(folder.id)
-        self.account_id, self.folder = account.id, folder
+        self.account_id, self.folder, self.address = account.id, folder, account.address
         # UIDL is "UIDVALIDITY.UID": stable across sessions and the same message IMAP sees.
         self.m.login_ok([pm.Drop(s.uid, s.size, f"{folder.uidvalidity}.{s.uid}") for s in states])
         logger.info("[%s]: %s logged in, %d messages", self.ip, account.address, len(states))
@@ -163,6 +164,10 @@ class POP3Session:
         self.m.send_message(raw, ev.lines)
         if ev.lines is None and "\\Seen" not in found[0].flags:
             await self.ctx.store.store_flags(self.folder.id, [ev.uid], "add", {"\\Seen"})
+            if found[0].queue_id:  # the journey's last step: the recipient's agent read it
+                await self.ctx.store.add_event(
+                    found[0].queue_id, "read", {"account": self.address, "protocol": "POP3"}, found[0].message_id
+                )
 
     async def _update(self, ev: pm.Update) -> None:
         assert self.folder is not None

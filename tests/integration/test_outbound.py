@@ -286,6 +286,15 @@ def test_send_and_trace_on_both_servers(world: dict[str, Any], tmp_path: Path) -
     assert "delivered to bob@hamburger.edu, folder INBOX" in got
     events = json.loads(hamburger.cli("trace", mid, "--json").stdout)
     assert [e["kind"] for e in events] == ["received", "delivered"]
+    import poplib
+
+    p = poplib.POP3("127.0.0.1", hamburger.port("pop3"), timeout=10)
+    p.user("bob@hamburger.edu")
+    p.pass_(BOB_PW)
+    p.retr(len(p.list()[1]))
+    p.quit()
+    got = hamburger.cli("trace", mid).stdout.decode()
+    assert "first read by bob@hamburger.edu over POP3" in got
 
 
 def test_send_errors_are_one_line(world: dict[str, Any]) -> None:
