@@ -78,6 +78,8 @@ class Reception:
     assembler: Assembler | None = None
     extra_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     junk: bool = False  # file into Junk instead of INBOX
+    # Local recipients that asked for NOTIFY=SUCCESS: (address, ORCPT).
+    notify_success: list[tuple[str, str | None]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ envelope
     def add_recipient(self, address: str, params: dict[str, str | None]) -> Refusal | None:
@@ -94,6 +96,8 @@ class Reception:
         for r in res.remote:
             if all(x.address.lower() != r.address.lower() for x in self.remote):
                 self.remote.append(r)
+        if res.local and "SUCCESS" in (params.get("NOTIFY") or "").upper() and self.sender:
+            self.notify_success.append((address, params.get("ORCPT")))
         self.recipients.append(address)
         return None
 
@@ -186,7 +190,35 @@ class Reception:
         if self.remote:
             logger.info("%s: queued for %s", self.queue_id, ", ".join(f"<{r.address}>" for r in self.remote))
             self.ctx.on_queued()
+        if self.notify_success:
+            await self._success_notice(blob, incoming)
         return Accepted(self.queue_id, message_id, delivered, list(self.remote), blob.size)
+
+    async def _success_notice(self, blob: BlobWriter, incoming: Incoming) -> None:
+        """RFC 3461 NOTIFY=SUCCESS for a local delivery: a "delivered" DSN to the sender."""
+        from ..queue.dsn import RecipientStatus, build_dsn
+
+        try:
+            original = blob.head(256 * 1024)  # the header is what the notice quotes
+            raw, mid = build_dsn(
+                kind="delivered", hostname=self.ctx.config.hostname, queue_id=self.queue_id, sender=self.sender,
+                envid=incoming.envid, arrival=incoming.internal_date,
+                statuses=[RecipientStatus(a, o, "delivered", "2.0.0", None, "delivered to the mailbox")
+                          for a, o in self.notify_success],
+                original=original, ret_full=False, now=time.time(),
+            )
+            res = resolve(self.ctx.store, self.sender)
+            notice = self.ctx.store.new_blob()
+            notice.write((b"Return-Path: <>\r\n" if res.local else b"") + raw)
+            await self.ctx.store.deliver(notice, Incoming(
+                queue_id=new_queue_id(), sender="", local=res.local, remote=[] if res.local else res.remote,
+                parse=analyze(raw), message_id=mid.strip("<>"), internal_date=time.time(),
+                events=[("dsn", {"kind": "delivered", "about": self.queue_id, "to": self.sender})],
+            ))
+            if res.remote and not res.local:
+                self.ctx.on_queued()
+        except Exception:
+            logger.exception("%s: success notice failed", self.queue_id)
 
 
 async def submit_message(

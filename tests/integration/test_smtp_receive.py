@@ -333,3 +333,20 @@ def test_sigterm_stops_cleanly(tmp_path: object) -> None:
     c.cmd(b"EHLO client.example\r\n")
     assert srv.stop() == 0
     assert c.reply().startswith(b"421 4.3.2")
+
+
+def test_notify_success_for_local_delivery(mx: MailServer) -> None:
+    before = len(inbox(mx, "alice@hamburger.edu"))
+    c = Line(mx.port("smtp"))
+    c.reply()
+    c.cmd(b"EHLO client.example\r\n")
+    c.cmd(b"MAIL FROM:<alice@hamburger.edu> ENVID=abc123\r\n")
+    assert c.cmd(b"RCPT TO:<bob@hamburger.edu> NOTIFY=SUCCESS ORCPT=rfc822;bob@hamburger.edu\r\n").startswith(b"250")
+    c.cmd(b"DATA\r\n")
+    assert c.cmd(b"Subject: tell me\r\n\r\nhi\r\n.\r\n").startswith(b"250")
+    c.cmd(b"QUIT\r\n")
+    rows = inbox(mx, "alice@hamburger.edu")[before:]
+    assert [r["subject"] for r in rows] == ["Successful Mail Delivery Report"]
+    raw = show(mx, "alice@hamburger.edu", rows[0]["uid"])
+    assert b"Action: delivered" in raw and b"Original-Envelope-Id: abc123" in raw
+    assert b"Original-Recipient: rfc822;bob@hamburger.edu" in raw
