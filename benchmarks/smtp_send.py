@@ -62,6 +62,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 try:  # run as a file (python3 benchmarks/smtp_send.py) or as a module
     from benchmarks.postfix_peer import (
@@ -427,8 +428,11 @@ class Result:
 class MailhouseSender:
     name = "mailhouse"
 
-    def __init__(self, workdir: Path, cmd: list[str], sink: Sink, start_timeout: float) -> None:
+    def __init__(
+        self, workdir: Path, cmd: list[str], sink: Sink, start_timeout: float, concurrency: int = 20
+    ) -> None:
         self.dir = workdir / "mailhouse"
+        self.concurrency = concurrency
         self.cmd = cmd
         self.sink = sink
         self.start_timeout = start_timeout
@@ -438,8 +442,11 @@ class MailhouseSender:
         self.config = self.dir / "mailhouse.toml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.dns_proc: subprocess.Popen[bytes] | None = None
-        self.logf: object = None
-        self.description = f"mailhouse ({shlex.join(cmd)}), submission on {HOST}:{self.port}"
+        self.logf: BinaryIO | None = None
+        self.description = (
+            f"mailhouse ({shlex.join(cmd)}), submission on {HOST}:{self.port}, "
+            f"connections_per_destination = {concurrency}"
+        )
 
     def _write_config(self, route_port: int) -> None:
         self.config.write_text(
@@ -452,8 +459,8 @@ class MailhouseSender:
             'retry_interval = "1h"\n'
             'max_lifetime = "1d"\n'
             'delay_warning = "0"\n'
-            "connections_per_destination = 20\n"
-            "max_connections = 100\n"
+            f"connections_per_destination = {self.concurrency}\n"
+            f"max_connections = {max(100, self.concurrency)}\n"
             'connect_timeout = "5s"\n'
             'idle_timeout = "5s"\n'
             "\n[routes]\n"
@@ -478,8 +485,8 @@ class MailhouseSender:
                              f"{(r.stderr or r.stdout).strip()[-800:]}")
         return r
 
-    def queue_rows(self) -> list[dict[str, object]]:
-        rows: list[dict[str, object]] = json.loads(self.cli("queue", "list", "--json").stdout or "[]")
+    def queue_rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.cli("queue", "list", "--json").stdout or "[]")
         return rows
 
     def start(self) -> None:
@@ -496,7 +503,7 @@ class MailhouseSender:
         self.logf = open(self.dir / "serve.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*self.cmd, "-c", str(self.config), "serve"], cwd=self.dir, env=self._env(),
-            stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True,  # type: ignore[arg-type]
+            stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -517,7 +524,8 @@ class MailhouseSender:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in its group
         self.proc = None
         with contextlib.suppress(Exception):
-            self.logf.close()  # type: ignore[attr-defined]
+            if self.logf is not None:
+                self.logf.close()
 
     def stop(self) -> None:
         self._stop_serve()
@@ -546,7 +554,7 @@ class MailhouseSender:
         deadline = time.monotonic() + timeout
         while True:
             rows = self.queue_rows()
-            tried = sum(1 for r in rows if int(r.get("attempts", 0) or 0) >= 1)  # type: ignore[call-overload]
+            tried = sum(1 for r in rows if int(r.get("attempts") or 0) >= 1)
             if len(rows) >= count and tried == len(rows):
                 return
             if time.monotonic() > deadline:
@@ -572,10 +580,13 @@ class MailhouseSender:
 class PostfixSender:
     name = "postfix"
 
-    def __init__(self, workdir: Path, sink: Sink, extra: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, sink: Sink, extra: dict[str, str], concurrency: int = 20) -> None:
         self.port = free_port()
         self.sink = sink
         main = {
+            # Postfix's default (default_destination_concurrency_limit = 20), or the
+            # --destination-concurrency given, like mailhouse's connections_per_destination.
+            "relay_destination_concurrency_limit": str(concurrency),
             # Loading: every message goes straight to the hold queue, and smtpd does not
             # wait for deliveries to catch up (there are none while loading).
             "smtpd_end_of_data_restrictions": "check_client_access static:HOLD",
@@ -781,6 +792,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " the messages are spread over the 100 recipients; 100: each message to all 100)",
     )
     p.add_argument("--sessions", type=int, default=10, help="parallel injection sessions (default: %(default)s)")
+    p.add_argument(
+        "--destination-concurrency", type=int, default=20, metavar="N",
+        help="connections to the sink, for both: mailhouse's connections_per_destination and"
+        " Postfix's relay_destination_concurrency_limit (default: %(default)s, both defaults)",
+    )
     p.add_argument("--timeout", type=float, help="stop everything after this many seconds (default 900; --quick 300)")
     p.add_argument("--phase-timeout", type=float, default=600.0, help="seconds allowed for loading or draining")
     p.add_argument("--mailhouse-cmd", help="command that starts mailhouse (default: `mailhouse` on PATH,"
@@ -800,6 +816,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rcpts-per-message must be 1..{DISTINCT_RCPTS}")
     if not 1 <= a.sessions <= 50:
         p.error("--sessions must be 1..50")
+    if not 1 <= a.destination_concurrency <= 200:
+        p.error("--destination-concurrency must be 1..200")
     try:
         a.postfix_set = {k.strip(): v.strip() for k, v in (kv.split("=", 1) for kv in a.postfix_set)}
     except ValueError:
@@ -829,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         "rcpts_per_message": a.rcpts_per_message,
         "size": a.size,
         "sessions": a.sessions,
+        "destination_concurrency": a.destination_concurrency,
         "workdir": str(workdir),
     }
     log(f"send benchmark: {a.count} messages of {a.size} B, {a.rcpts_per_message} recipient(s) each "
@@ -849,9 +868,10 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "postfix":
                     if not postfix_available():
                         raise BenchError("Postfix not installed, or not root")
-                    target = PostfixSender(workdir, sink, a.postfix_set)
+                    target = PostfixSender(workdir, sink, a.postfix_set, a.destination_concurrency)
                 else:
-                    target = MailhouseSender(workdir, mailhouse_command(a.mailhouse_cmd), sink, a.start_timeout)
+                    target = MailhouseSender(workdir, mailhouse_command(a.mailhouse_cmd), sink,
+                                             a.start_timeout, a.destination_concurrency)
                 results.append(run_target(target, sink, a.count, a.rcpts_per_message, a.sessions,
                                           a.size, use_uvloop, a.phase_timeout))
             except (BenchError, OSError, TimeoutError, subprocess.SubprocessError) as e:

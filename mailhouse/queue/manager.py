@@ -31,7 +31,7 @@ from .routing import Route, Router
 logger = log.get("queue")
 
 MAX_RECEIVED = 50
-POLL_INTERVAL = 2.0  # the CLI (another process) may change the queue: look this often
+POLL_INTERVAL = 1.0  # the CLI (another process) may change the queue: look this often
 
 
 @dataclass
