@@ -329,11 +329,13 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _LABEL_ASCII_RE = re.compile(_LABEL)
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _DOMAIN_ASCII_RE = re.compile(_DOMAIN)
-# "FROM:" / "TO:", spaces, then <dot-atom@domain> (or <>), then nothing or
-# SP and parameters. Groups: mailbox, domain, parameter tail.
-_PLAIN_PATH = (
-    rf" *<({_ATEXT_CLASS}+(?:\.{_ATEXT_CLASS}+)*@({_DOMAIN}))?>( .*)?"
-)
+# An ASCII dot-atom@domain (groups: mailbox, domain). Possessive quantifiers:
+# what they refuse to give back could not be followed by "@" or ">" anyway,
+# so they only save the engine work. The server matches it in bytes too.
+_PLAIN_MAILBOX = rf"({_ATEXT_CLASS}++(?:\.{_ATEXT_CLASS}++)*+@({_LABEL}(?:\.{_LABEL})*+))"
+# "FROM:" / "TO:", spaces, then <mailbox> (or <>), then nothing or SP and
+# parameters. Groups: mailbox, domain, parameter tail.
+_PLAIN_PATH = rf" *<{_PLAIN_MAILBOX}?>( .*)?"
 _PLAIN_FROM_RE = re.compile("[Ff][Rr][Oo][Mm]:" + _PLAIN_PATH, re.DOTALL)
 _PLAIN_TO_RE = re.compile("[Tt][Oo]:" + _PLAIN_PATH, re.DOTALL)
 
@@ -436,6 +438,11 @@ def _parse_mailbox(mailbox: str) -> str:
     return mailbox
 
 
+# _tuple_new(PathArgument, (a, p, u)) is PathArgument(a, p, u) without the
+# Python-level __new__ that NamedTuple generates: the fast paths below use it.
+_tuple_new = tuple.__new__
+
+
 class PathArgument(NamedTuple):
     """Result of parsing the argument of MAIL FROM: / RCPT TO:.
 
@@ -527,9 +534,11 @@ def parse_mail_from(arg: str) -> PathArgument:
         # The ordinary case: <> or an ASCII dot-atom@domain, in one match.
         mailbox, domain, tail = m.groups()
         if mailbox is None:
-            return PathArgument("", parse_esmtp_params(tail) if tail else {}, False)
+            return _tuple_new(PathArgument, ("", parse_esmtp_params(tail) if tail else {}, False))
         if len(domain) <= 255:
-            return PathArgument(mailbox, parse_esmtp_params(tail) if tail else {}, False)
+            return _tuple_new(
+                PathArgument, (mailbox, parse_esmtp_params(tail) if tail else {}, False)
+            )
     return _parse_path_argument(arg, "FROM", allow_null=True, allow_postmaster=False)
 
 
@@ -539,7 +548,9 @@ def parse_rcpt_to(arg: str) -> PathArgument:
     if m is not None:
         mailbox, domain, tail = m.groups()
         if mailbox is not None and len(domain) <= 255:
-            return PathArgument(mailbox, parse_esmtp_params(tail) if tail else {}, False)
+            return _tuple_new(
+                PathArgument, (mailbox, parse_esmtp_params(tail) if tail else {}, False)
+            )
     return _parse_path_argument(arg, "TO", allow_null=False, allow_postmaster=True)
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from mailhouse.smtp.grammar import _PLAIN_MAILBOX as _PLAIN_MAILBOX_PATTERN
 from mailhouse.smtp.grammar import (
     AddressError,
     CommandError,
@@ -40,6 +41,7 @@ from mailhouse.smtp.grammar import (
     is_xtext,
     normalize_line_endings,
     parse_command,
+    parse_esmtp_params,
     parse_mail_from,
     parse_rcpt_to,
     xtext_decode,
@@ -74,6 +76,10 @@ __all__ = [
 
 @dataclass
 class ServerConfig:
+    """Settings of a session. The reply texts built from hostname, software,
+    max_message_size, tls_available and auth_without_tls are fixed when a
+    ServerConnection is created (and shared by sessions with equal values)."""
+
     hostname: str  # banner/EHLO name
     submission: bool = False  # True: AUTH required before MAIL (530 5.7.0)
     tls_available: bool = True  # STARTTLS offered (when TLS not already active)
@@ -215,7 +221,11 @@ class _Pending(enum.Enum):
 # Raw bytes handled per DATA/BDAT step. Normalizing bare LFs can at most
 # double it, so a DataChunk never exceeds 256 KiB.
 _SEGMENT: Final = 128 * 1024
+_SMALL_SEGMENT: Final = 16 * 1024
 _DATA_END: Final = b"\r\n.\r\n"
+# CRLF "." starts both the end marker and a stuffed line; the regex engine's
+# literal search finds it faster than bytes.find does.
+_CRLF_DOT_RE: Final = re.compile(rb"\r\n\.")
 
 _DIGITS_RE = re.compile(r"[0-9]{1,20}")
 _ATOM_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
@@ -241,10 +251,19 @@ _P_AUTH: Final = _Pending.AUTH
 _P_DATA: Final = _Pending.DATA
 _P_STARTTLS: Final = _Pending.STARTTLS
 
-# A printable-ASCII command line: verb, then optionally SP and the argument.
+# A printable-ASCII command line and its end (CRLF, or LF alone as the
+# lenient reading allows): verb, then optionally SP and the argument.
 # Anything else (UTF-8, control characters, malformed verbs) goes through
 # grammar.parse_command, which gives the same result or the error.
-_COMMAND_RE = re.compile(rb"([A-Za-z][A-Za-z0-9-]*)(?: ([ -~]*))?")
+_LINE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9-]*)(?: ([ -~]*))?\r?\n")
+# The ordinary MAIL and RCPT lines, address included, in one match: what
+# parse_mail_from/parse_rcpt_to accept on their own fast path, as bytes.
+# Groups: mailbox (None for <>), domain, parameter tail.
+_MAILBOX_B = _PLAIN_MAILBOX_PATTERN.encode("ascii")
+_MAIL_LINE_RE = re.compile(
+    rb"[Mm][Aa][Ii][Ll] [Ff][Rr][Oo][Mm]: *<" + _MAILBOX_B + rb"?>( [ -~]*)?\r?\n"
+)
+_RCPT_LINE_RE = re.compile(rb"[Rr][Cc][Pp][Tt] [Tt][Oo]: *<" + _MAILBOX_B + rb">( [ -~]*)?\r?\n")
 
 # Replies that never vary, formatted once by format_reply itself.
 _R_OK: Final = format_reply(250, "2.0.0", "Ok")
@@ -284,9 +303,9 @@ class _Replies:
     __slots__ = (
         "closing",
         "ehlo_keywords",
-        "ehlo_tail",
+        "ehlo_template",
         "greeting",
-        "hello_head",
+        "helo_template",
         "too_many_errors",
     )
 
@@ -303,13 +322,14 @@ class _Replies:
         self.too_many_errors = format_reply(421, "4.7.0", f"{hostname} Error: too many errors")
         # HELO/EHLO first line "<hostname> Hello <name>, pleased to meet you":
         # the name never holds a line break (control characters are refused),
-        # so with a plain hostname it is one line; otherwise format_reply.
-        self.hello_head: bytes | None = (
-            None if "\r" in hostname or "\n" in hostname else f"{hostname} Hello ".encode()
-        )
-        # EHLO keyword lines, indexed by "TLS active".
+        # so with a plain hostname the reply is a template for "%" and the
+        # name; otherwise (None) format_reply does it.
+        plain = "\r" not in hostname and "\n" not in hostname
+        head = f"{hostname} Hello ".encode().replace(b"%", b"%%") + b"%s, pleased to meet you\r\n"
+        self.helo_template: bytes | None = b"250 " + head if plain else None
+        # EHLO keyword lines and replies, indexed by "TLS active".
         keywords: list[tuple[str, ...]] = []
-        tails: list[bytes] = []
+        templates: list[bytes | None] = []
         for tls in (False, True):
             lines = [
                 "PIPELINING",
@@ -325,9 +345,10 @@ class _Replies:
             if tls or auth_without_tls:
                 lines.append("AUTH PLAIN LOGIN")
             keywords.append(tuple(lines))
-            tails.append(format_reply(250, None, ["-", *lines])[len(b"250--\r\n") :])
+            tail = format_reply(250, None, ["-", *lines])[len(b"250--\r\n") :]
+            templates.append(b"250-" + head + tail.replace(b"%", b"%%") if plain else None)
         self.ehlo_keywords: tuple[tuple[str, ...], ...] = tuple(keywords)
-        self.ehlo_tail: tuple[bytes, ...] = tuple(tails)
+        self.ehlo_template: tuple[bytes | None, ...] = tuple(templates)
 
 
 _REPLIES: dict[tuple[str, str, int, bool, bool], _Replies] = {}
@@ -432,7 +453,7 @@ class ServerConnection:
         self._buf = bytearray()
         self._pos = 0
         self._scan = 0
-        self._out = bytearray()
+        self._out: list[bytes] = []  # replies not yet taken by data_to_send()
         self._events: deque[Event] = deque()
         self._mode = _Mode.COMMAND
         self._pending: _Pending | None = _Pending.GREETING
@@ -469,7 +490,7 @@ class ServerConnection:
         self._bdat_last = False
         self._bdat_raw_total = 0
         self._bdat_error: _Reject | None = None
-        self._norm = LineEndingNormalizer()
+        self._norm: LineEndingNormalizer | None = None  # made by the first BDAT
 
     # ------------------------------------------------------------------ props
 
@@ -510,7 +531,7 @@ class ServerConnection:
         if self._pending is not _P_GREETING:
             raise StateError("greet() called twice")
         self._pending = None
-        self._out += self._r.greeting
+        self._out.append(self._r.greeting)
 
     def refuse(self, code: int, enhanced: str, text: str) -> None:
         """Send a final reply and close; usable at any time (greeting, shutdown).
@@ -544,9 +565,10 @@ class ServerConnection:
         self._buf += data
 
     def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        out = self._out
+        data = b"".join(out)  # a single reply is returned as it is, no copy
+        out.clear()
+        return data
 
     def next_event(self) -> Event | type[NEED_DATA] | type[PAUSED]:
         events = self._events
@@ -561,53 +583,103 @@ class ServerConnection:
                     self._close("eof")
                     continue
                 return PAUSED
-            if self._mode is not _COMMAND:
-                if self._step():
+            mode = self._mode
+            if mode is not _COMMAND:
+                if self._pos:
+                    del self._buf[: self._pos]
+                    self._pos = 0
+                self._scan = 0
+                if mode is _DATA:
+                    progressed = self._step_data()
+                elif mode is _BDAT:
+                    progressed = self._step_bdat()
+                else:
+                    progressed = self._step_line()
+                if progressed:
                     continue
-            else:
-                # Command lines, inline: the hot path of every session.
+            elif self._buf:
+                # Command lines. The hot path, inline: a plain printable-ASCII
+                # line, found and split by one match at the start of the input.
                 buf = self._buf
-                idx = buf.find(b"\n", self._scan)
-                if idx >= 0:
-                    pos = self._pos
-                    end = idx - 1 if idx > pos and buf[idx - 1] == 0x0D else idx
-                    nxt = idx + 1
-                    if end - pos > self.config.max_command_line:
-                        self._consumed(nxt)
-                        self._line_too_long()
+                pos = self._pos
+                if self._scan != pos:
+                    m = None  # a partial line was searched already
+                else:
+                    first = buf[pos] | 0x20  # ASCII letters in lower case
+                    if first == 0x6D or first == 0x72:  # "m", "r"
+                        mail = first == 0x6D
+                        m = (_MAIL_LINE_RE if mail else _RCPT_LINE_RE).match(buf, pos)
+                        if m is not None:
+                            nxt = m.end()
+                            mailbox, domain, tail = m.groups()
+                            if nxt - pos <= self.config.max_command_line + 1 and (
+                                domain is None or len(domain) <= 255
+                            ):
+                                if nxt >= len(buf):
+                                    buf.clear()
+                                    self._pos = self._scan = 0
+                                else:
+                                    self._pos = self._scan = nxt
+                                address = mailbox.decode("ascii") if mailbox else ""
+                                params = tail.decode("ascii") if tail else ""
+                                try:
+                                    if mail:
+                                        self._mail("", address, params)
+                                    else:
+                                        self._rcpt("", address, params)
+                                except _Reject as r:
+                                    self._error(r.code, r.enhanced, r.text, counts=r.counts)
+                                continue
+                    m = _LINE_RE.match(buf, pos)
+                if m is not None:
+                    nxt = m.end()
+                    if nxt - pos <= self.config.max_command_line + 1:
+                        # Take the groups first: a match slices its subject lazily.
+                        verb, arg = m.groups()
+                        if nxt >= len(buf):
+                            buf.clear()
+                            self._pos = self._scan = 0
+                        else:
+                            self._pos = self._scan = nxt
+                        handler = _VERBS.get(verb) or _VERBS.get(verb.upper())
+                        try:
+                            if handler is None:
+                                raise _Reject(500, "5.5.2", "Error: command not recognized")
+                            handler(self, arg.decode("ascii").strip(" ") if arg else "")
+                        except _Reject as r:
+                            self._error(r.code, r.enhanced, r.text, counts=r.counts)
                         continue
-                    m = _COMMAND_RE.fullmatch(buf, pos, end)
-                    if m is None:
-                        line = bytes(buf[pos:end])
-                        self._consumed(nxt)
-                        self._command(line)
-                        continue
-                    # Take the groups first: a match slices its subject lazily.
-                    verb, arg = m.groups()
-                    if nxt >= len(buf):
-                        buf.clear()
-                        self._pos = self._scan = 0
-                    else:
-                        self._pos = self._scan = nxt
-                    handler = _VERBS.get(verb) or _VERBS.get(verb.upper())
-                    try:
-                        if handler is None:
-                            raise _Reject(500, "5.5.2", "Error: command not recognized")
-                        handler(self, arg.decode("ascii").strip(" ") if arg else "")
-                    except _Reject as r:
-                        self._error(r.code, r.enhanced, r.text, counts=r.counts)
-                    continue
-                n = len(buf)
-                self._scan = n
-                # +1 leaves room for the CR of a CRLF whose LF is still in flight.
-                if n - self._pos > self.config.max_command_line + 1:
-                    self._discard_input()
-                    self._mode = _LONG_LINE
+                if self._command_line():
                     continue
             if self._eof:
                 self._close("eof")
                 continue
             return NEED_DATA
+
+    def _command_line(self) -> bool:
+        """Command mode, every other case: a partial line, a long one, one that
+        is not plain ASCII (parse_command decides). False: more input needed."""
+        buf = self._buf
+        pos = self._pos
+        limit = self.config.max_command_line
+        idx = buf.find(b"\n", self._scan)
+        if idx < 0:
+            n = len(buf)
+            self._scan = n  # not searched again
+            # +1 leaves room for the CR of a CRLF whose LF is still in flight.
+            if n - pos > limit + 1:
+                self._discard_input()
+                self._mode = _LONG_LINE
+                return True
+            return False
+        end = idx - 1 if idx > pos and buf[idx - 1] == 0x0D else idx
+        line = bytes(buf[pos:end]) if end - pos <= limit else None
+        self._consumed(idx + 1)
+        if line is None:
+            self._line_too_long()
+        else:
+            self._command(line)
+        return True
 
     def _consumed(self, nxt: int) -> None:
         """Input up to ``nxt`` is used up (command mode)."""
@@ -643,15 +715,18 @@ class ServerConnection:
             self._mail_from = address
             self._smtputf8 = self._pending_smtputf8
             self._rcpt_count = 0
-            self._out += _text_reply(
-                b"250 2.1.0 ", 250, "2.1.0", text or f"{address or '<>'} ... Sender ok"
-            )
+            if text:
+                self._out.append(_text_reply(b"250 2.1.0 ", 250, "2.1.0", text))
+            else:
+                # A parsed address holds no line break: one line, as format_reply makes it.
+                self._out.append(f"250 2.1.0 {address or '<>'} ... Sender ok\r\n".encode())
         elif pending is _P_RCPT:
             self._pending = None
             self._rcpt_count += 1
-            self._out += _text_reply(
-                b"250 2.1.5 ", 250, "2.1.5", text or f"{self._pending_address} ... Recipient ok"
-            )
+            if text:
+                self._out.append(_text_reply(b"250 2.1.5 ", 250, "2.1.5", text))
+            else:
+                self._out.append(f"250 2.1.5 {self._pending_address} ... Recipient ok\r\n".encode())
         else:
             self._decide(_P_MAIL, _P_RCPT)  # raises StateError
 
@@ -674,13 +749,13 @@ class ServerConnection:
         assert self._pending_auth is not None
         self._auth_user = self._pending_auth.username
         self._pending_auth = None
-        self._out += _R_AUTH_OK
+        self._out.append(_R_AUTH_OK)
 
     def auth_failed(self, temporary: bool = False) -> None:
         if self._decide(_P_AUTH) is None:
             return
         self._pending_auth = None
-        self._out += _R_AUTH_TEMP if temporary else _R_AUTH_BAD
+        self._out.append(_R_AUTH_TEMP if temporary else _R_AUTH_BAD)
 
     def message_accepted(self, queue_id: str) -> None:
         if self._closed:
@@ -689,8 +764,10 @@ class ServerConnection:
             self._decide(_P_DATA)  # raises StateError
         self._pending = None
         self._clear_transaction()
-        self._out += _text_reply(
-            b"250 2.0.0 ", 250, "2.0.0", f"Message accepted for delivery: queued as {queue_id}"
+        self._out.append(
+            _text_reply(
+                b"250 2.0.0 ", 250, "2.0.0", f"Message accepted for delivery: queued as {queue_id}"
+            )
         )
 
     def tls_started(self) -> None:
@@ -711,15 +788,15 @@ class ServerConnection:
     # -------------------------------------------------------------- helpers
 
     def _reply(self, code: int, enhanced: str | None, text: str | list[str]) -> None:
-        self._out += format_reply(code, enhanced, text)
+        self._out.append(format_reply(code, enhanced, text))
 
     def _error(self, code: int, enhanced: str, text: str, *, counts: bool = True) -> None:
-        self._out += _error_reply(code, enhanced, text)
+        self._out.append(_error_reply(code, enhanced, text))
         if not counts:
             return
         self._errors += 1
         if self._errors >= self.config.max_errors:
-            self._out += self._r.too_many_errors
+            self._out.append(self._r.too_many_errors)
             self._close("closed")
 
     def _close(self, reason: str) -> None:
@@ -755,20 +832,11 @@ class ServerConnection:
 
     # -------------------------------------------------------------- stepping
 
-    def _step(self) -> bool:
-        """Process one unit of non-command input; False when more input is needed."""
+    def _step_line(self) -> bool:
+        """Over-long line or SASL response; False when more input is needed."""
         buf = self._buf
-        if self._pos:
-            del buf[: self._pos]
-            self._pos = 0
-        self._scan = 0
-        mode = self._mode
-        if mode is _DATA:
-            return self._step_data()
-        if mode is _BDAT:
-            return self._step_bdat()
         idx = buf.find(b"\n")
-        if mode is _LONG_LINE:
+        if self._mode is _LONG_LINE:
             if idx < 0:
                 buf.clear()
                 return False
@@ -842,20 +910,21 @@ class ServerConnection:
         self._helo = arg
         self._extended = extended
         r = self._r
-        head = r.hello_head
-        if head is None:  # the hostname holds a line break: format_reply decides
+        template = r.ehlo_template[self._tls] if extended else r.helo_template
+        if template is not None:
+            self._out.append(template % arg.encode())
+        else:  # the hostname holds a line break: format_reply decides
             first = f"{self.config.hostname} Hello {arg}, pleased to meet you"
             keywords = r.ehlo_keywords[self._tls]
             self._reply(250, None, [first, *keywords] if extended else first)
-        elif extended:
-            self._out += (
-                b"250-" + head + arg.encode() + b", pleased to meet you\r\n" + r.ehlo_tail[self._tls]
-            )
-        else:
-            self._out += b"250 " + head + arg.encode() + b", pleased to meet you\r\n"
         self._events.append(Hello(arg, extended))
 
     def _cmd_mail(self, arg: str) -> None:
+        self._mail(arg, None, "")
+
+    def _mail(self, arg: str, address: str | None, tail: str) -> None:
+        """MAIL; ``address`` not None: next_event's match has parsed the path
+        already (``tail``: the parameter text), else ``arg`` is parsed here."""
         if self._helo is None:
             raise _Reject(503, "5.5.1", "Error: send HELO/EHLO first")
         if self.config.submission and self._auth_user is None:
@@ -863,7 +932,11 @@ class ServerConnection:
         if self._mail_from is not None:
             raise _Reject(503, "5.5.1", "Error: nested MAIL command")
         try:
-            address, params, utf8 = parse_mail_from(arg)
+            if address is None:
+                address, params, utf8 = parse_mail_from(arg)
+            else:
+                params = parse_esmtp_params(tail) if tail else {}
+                utf8 = False
         except (CommandError, AddressError, ParameterError) as e:
             raise self._path_error(e, "MAIL FROM", "5.1.7", "sender") from None
         smtputf8 = False
@@ -887,12 +960,20 @@ class ServerConnection:
         self._events.append(MailFrom(address, params))
 
     def _cmd_rcpt(self, arg: str) -> None:
+        self._rcpt(arg, None, "")
+
+    def _rcpt(self, arg: str, address: str | None, tail: str) -> None:
+        """RCPT, as :meth:`_mail`."""
         if self._mail_from is None:
             raise _Reject(503, "5.5.1", "Error: need MAIL command")
         if self._bdat_used:
             raise _Reject(503, "5.5.1", "Error: RCPT not allowed after BDAT")
         try:
-            address, params, utf8 = parse_rcpt_to(arg)
+            if address is None:
+                address, params, utf8 = parse_rcpt_to(arg)
+            else:
+                params = parse_esmtp_params(tail) if tail else {}
+                utf8 = False
         except (CommandError, AddressError, ParameterError) as e:
             raise self._path_error(e, "RCPT TO", "5.1.3", "recipient") from None
         if params:
@@ -981,7 +1062,7 @@ class ServerConnection:
             raise _Reject(503, "5.5.1", "Error: DATA not allowed after BDAT")
         if self._rcpt_count == 0:
             raise _Reject(554, "5.5.1", "No valid recipients")
-        self._out += _R_354
+        self._out.append(_R_354)
         self._mode = _DATA
         self._bol = True
         self._size = 0
@@ -1035,15 +1116,15 @@ class ServerConnection:
         if arg:
             raise _Reject(501, "5.5.4", "Syntax: RSET")
         self._end_transaction("rset")
-        self._out += _R_OK
+        self._out.append(_R_OK)
 
     def _cmd_noop(self, arg: str) -> None:
-        self._out += _R_OK
+        self._out.append(_R_OK)
 
     def _cmd_quit(self, arg: str) -> None:
         if arg:
             raise _Reject(501, "5.5.4", "Syntax: QUIT")
-        self._out += self._r.closing
+        self._out.append(self._r.closing)
         if self._data_open:
             self._events.append(DataAborted("quit"))
             self._data_open = False
@@ -1055,13 +1136,13 @@ class ServerConnection:
         if not arg:
             raise _Reject(501, "5.5.4", "Syntax: VRFY address")
         # Never confirm: VRFY is an address-harvesting oracle (RFC 5321 §7.3).
-        self._out += _R_VRFY
+        self._out.append(_R_VRFY)
 
     def _cmd_expn(self, arg: str) -> None:
         raise _Reject(502, "5.5.1", "Error: EXPN not supported", counts=False)
 
     def _cmd_help(self, arg: str) -> None:
-        self._out += _R_HELP
+        self._out.append(_R_HELP)
 
     def _cmd_starttls(self, arg: str) -> None:
         if arg:
@@ -1072,7 +1153,7 @@ class ServerConnection:
             raise _Reject(502, "5.5.1", "Error: command not implemented")
         self._require_helo()
         self._end_transaction("starttls")
-        self._out += _R_STARTTLS
+        self._out.append(_R_STARTTLS)
         # Anything pipelined behind STARTTLS arrived in clear text and must
         # not be executed inside the TLS session (CVE-2011-0411).
         self._discard_input()
@@ -1116,7 +1197,7 @@ class ServerConnection:
     def _sasl_challenge(self, challenge: str) -> None:
         # RFC 4954 §4: "334" SP [base64] -- the space stays even when empty,
         # which format_reply would (rightly, for ordinary replies) drop.
-        self._out += f"334 {challenge}\r\n".encode("ascii")
+        self._out.append(f"334 {challenge}\r\n".encode("ascii"))
         self._mode = _SASL
 
     def _sasl_line(self, line: bytes) -> None:
@@ -1183,14 +1264,24 @@ class ServerConnection:
     def _step_data(self) -> bool:
         buf = self._buf
         n = len(buf)
-        if self._bol and buf[:3] == b".\r\n":
+        if not n:
+            return False
+        if self._bol and buf.startswith(b".\r\n"):
             # The terminator right at a line start (also: empty message).
             del buf[:3]
             self._data_finished()
             return True
         # The marker search is bounded like the segment so a huge buffer is
-        # not rescanned on every step.
-        idx = buf.find(_DATA_END, 0, _SEGMENT + len(_DATA_END))
+        # not rescanned on every step. The first CRLF "." is either the end
+        # marker, and then no line before it needs unstuffing, or a stuffed
+        # dot; only the latter costs a second search.
+        limit = _SEGMENT + len(_DATA_END)
+        m = _CRLF_DOT_RE.search(buf, 0, limit)
+        idx = -1 if m is None else m.start()
+        stuffed = False
+        if idx >= 0 and (idx + len(_DATA_END) > limit or not buf.startswith(b"\r\n", idx + 3)):
+            stuffed = True
+            idx = buf.find(_DATA_END, idx + 1, limit)
         if idx >= 0:
             seg_end = idx + 2  # keep the CRLF: it ends the last content line
             consume = idx + len(_DATA_END)
@@ -1203,8 +1294,11 @@ class ServerConnection:
             if seg_end <= 0:
                 return False
             consume = seg_end
-        with memoryview(buf) as view:
-            seg = bytes(view[:seg_end])
+        if seg_end <= _SMALL_SEGMENT:
+            seg = bytes(buf[:seg_end])  # two copies, still cheaper than a view
+        else:
+            with memoryview(buf) as view:
+                seg = bytes(view[:seg_end])
         del buf[:consume]
         raw_ends_line = seg.endswith(b"\r\n")
         if not self._oversize:
@@ -1212,7 +1306,8 @@ class ServerConnection:
             # ends for this purpose (SMTP smuggling).
             if self._bol and seg[:1] == b".":
                 seg = seg[1:]
-            seg = seg.replace(b"\r\n.", b"\r\n")
+            if stuffed:
+                seg = seg.replace(b"\r\n.", b"\r\n")
             self._content(normalize_line_endings(seg))
         self._bol = raw_ends_line
         if idx >= 0:
@@ -1223,11 +1318,17 @@ class ServerConnection:
         self._mode = _COMMAND
         if self._oversize:
             self._clear_transaction()
-            self._out += _R_TOO_BIG
+            self._out.append(_R_TOO_BIG)
             return
         self._data_open = False
         self._pending = _P_DATA
         self._events.append(_EV_DATA_COMPLETE)
+
+    def _normalizer(self) -> LineEndingNormalizer:
+        norm = self._norm
+        if norm is None:
+            norm = self._norm = LineEndingNormalizer()
+        return norm
 
     def _step_bdat(self) -> bool:
         buf = self._buf
@@ -1240,7 +1341,7 @@ class ServerConnection:
             del buf[:take]
             self._bdat_remaining -= take
             if self._bdat_error is None and not self._oversize:
-                self._content(self._norm.feed(piece))
+                self._content(self._normalizer().feed(piece))
             return True
         self._mode = _COMMAND
         error, self._bdat_error = self._bdat_error, None
@@ -1250,19 +1351,19 @@ class ServerConnection:
             self._error(error.code, error.enhanced, error.text, counts=error.counts)
             return True
         if self._bdat_last and not self._oversize:
-            self._content(self._norm.flush())
+            self._content(self._normalizer().flush())
         if self._oversize:
             if self._bdat_last:
                 self._clear_transaction()
             else:
                 self._bdat_failed = True
-            self._out += _R_TOO_BIG
+            self._out.append(_R_TOO_BIG)
         elif self._bdat_last:
             self._data_open = False
             self._pending = _P_DATA
             self._events.append(_EV_DATA_COMPLETE)
         else:
-            self._out += b"250 2.0.0 %d octets received\r\n" % self._bdat_size
+            self._out.append(b"250 2.0.0 %d octets received\r\n" % self._bdat_size)
         return True
 
     _handlers: Final = {

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailhouse.smtp import grammar
 from mailhouse.smtp.grammar import (
     AddressError,
     CommandError,
     DotStuffer,
+    GrammarError,
     LineEndingNormalizer,
     ParameterError,
     ProtocolError,
@@ -423,3 +427,166 @@ def test_dot_stuffer_streaming_matches_one_shot(data: bytes, cuts: list[int]) ->
     # The wire form has exactly one terminator, at the very end.
     assert out.endswith(b".\r\n")
     assert (b"\r\n" + out).find(b"\r\n.\r\n") == len(out) - 3
+
+
+# ---------------------------------------------------------------- fast paths
+# The ordinary case (printable ASCII, dot-atom@domain, one-line reply) takes a
+# one-match fast path; whatever it accepts must come out exactly as the
+# general code would make it, and everything else must still reach that code.
+
+
+def _outcome(fn: Callable[[], object]) -> object:
+    try:
+        return ("ok", fn())
+    except GrammarError as e:
+        return (type(e).__name__, e.reason)
+
+
+_ATEXT_REF = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
+_LDH_REF = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def _domain_ref(domain: str) -> bool:
+    """is_valid_domain for ASCII, written out label by label."""
+    if not domain or len(domain) > 255:
+        return False
+    return all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(ch in _LDH_REF for ch in label)
+        for label in domain.split(".")
+    )
+
+
+def _dot_atom_ref(local: str) -> bool:
+    return all(atom and all(ch in _ATEXT_REF for ch in atom) for atom in local.split("."))
+
+
+def _path_ref(arg: str, keyword: str) -> object:
+    """The general parser's answer for an ASCII MAIL/RCPT argument."""
+    prefix = keyword + ":"
+    if arg[: len(prefix)].upper() != prefix:
+        return ("CommandError", f"expected {prefix}<address>")
+    return _outcome(
+        lambda: grammar._parse_path_argument(
+            arg, keyword, allow_null=keyword == "FROM", allow_postmaster=keyword == "TO"
+        )
+    )
+
+
+_PATH_PIECE_CHOICES = (
+    *("a", "Z9", ".", "-", "@", "<", ">", " ", "_", "+", "=", '"', "[", "]", "é"),
+    *("1.2.3.4", "postmaster", "b" * 63, "c" * 64, "d" * 200),
+    *(" SIZE=1", " BODY=8BITMIME", " X=é", "\t", "\r\n"),
+)
+_PATH_PIECES = st.lists(st.sampled_from(_PATH_PIECE_CHOICES), max_size=14).map("".join)
+
+
+@given(
+    st.sampled_from(["FROM:", "from:", "FROM: ", "FROM:  ", "TO:", "to: ", "FRO:"]), _PATH_PIECES
+)
+def test_path_fast_path_agrees_with_general_parser(keyword: str, rest: str) -> None:
+    arg = keyword + rest
+    assert _outcome(lambda: tuple(parse_mail_from(arg))) == _path_ref_tuple(arg, "FROM")
+    assert _outcome(lambda: tuple(parse_rcpt_to(arg))) == _path_ref_tuple(arg, "TO")
+
+
+def _path_ref_tuple(arg: str, keyword: str) -> object:
+    result = _path_ref(arg, keyword)
+    if isinstance(result, tuple) and result[0] == "ok":
+        return ("ok", tuple(result[1]))
+    return result
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "FROM:<a@" + ".".join(["x" * 63] * 4) + ">",  # 255 octets: valid
+        "FROM:<a@" + ".".join(["x" * 63] * 4) + "x>",  # 256: too long
+        "FROM:<a@" + "x" * 63 + ">",
+        "FROM:<a@" + "x" * 64 + ">",
+        "FROM:<a-b.c_d@e-f.g> SIZE=1  BODY=7BIT ",
+        "FROM:<a@b>SIZE=1",
+        "FROM:<a@b.>",
+        "FROM:<a@-b>",
+        "FROM:<a.@b>",
+        "FROM:<>  ",
+    ],
+)
+def test_path_fast_path_edges(arg: str) -> None:
+    assert _outcome(lambda: tuple(parse_mail_from(arg))) == _path_ref_tuple(arg, "FROM")
+
+
+@given(st.text(alphabet="ab-.0_é", max_size=80))
+def test_domain_and_local_part_fast_paths(text: str) -> None:
+    if not text.isascii():
+        return
+    assert is_valid_domain(text) == _domain_ref(text)
+    if not text:
+        expected: object = ("AddressError", "empty local part")
+    elif _dot_atom_ref(text):
+        expected = ("ok", len(text))
+    else:
+        expected = ("AddressError", "invalid local part")
+    assert _outcome(lambda: grammar._parse_local_part(f"{text}@b")) == expected
+
+
+@given(
+    st.sampled_from([200, 250, 354, 421, 550, 599]),
+    st.sampled_from([None, "2.0.0", "4.7.0", "5.1.1"]),
+    st.text(max_size=20),
+)
+def test_format_reply_single_line_fast_path(code: int, enhanced: str | None, text: str) -> None:
+    # A str without line breaks formats exactly like the one-item list.
+    if "\r" in text or "\n" in text:
+        return
+    assert _outcome_bytes(lambda: format_reply(code, enhanced, text)) == _outcome_bytes(
+        lambda: format_reply(code, enhanced, [text])
+    )
+
+
+def _outcome_bytes(fn: Callable[[], bytes]) -> object:
+    try:
+        return fn()
+    except ValueError as e:
+        return str(e)
+
+
+def _parse_command_ref(line: bytes) -> object:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    if not line or any(b < 0x20 or b == 0x7F for b in line):
+        return "CommandError"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "CommandError"
+    verb, _, arg = text.partition(" ")
+    if not verb or not verb[0].isascii() or not verb[0].isalpha():
+        return "CommandError"
+    if not all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in verb):
+        return "CommandError"
+    return (verb.upper(), arg.strip(" "))
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            ["MAIL", "noop", "X-1", "-", "1", " ", "  ", ":", "<a@b>", "é", "\x00", "\t", "\r"]
+        ),
+        max_size=6,
+    ).map("".join),
+    st.sampled_from(["", "\n", "\r\n"]),
+)
+def test_parse_command_fast_path(text: str, end: str) -> None:
+    line = (text + end).encode("utf-8")
+    try:
+        got: object = parse_command(line)
+    except CommandError:
+        got = "CommandError"
+    assert got == _parse_command_ref(line)

@@ -970,6 +970,125 @@ def test_garbage_never_crashes(garbage: bytes, cuts: list[int]) -> None:
     assert d.conn.closed
 
 
+# ---------------------------------------------------------------- fast paths
+# Plain ASCII lines take a one-match path (MAIL/RCPT with their address);
+# the other spellings go through parse_command and the full address parser.
+# Both must give the same replies and events.
+
+
+@pytest.mark.parametrize(
+    ("mail", "rcpt"),
+    [
+        (b"MAIL FROM:<a@b.c>", b"RCPT TO:<d@e.f>"),  # fast
+        (b"mail from:<a@b.c>", b"rcpt to:<d@e.f>"),  # fast, other case
+        (b"MAIL  FROM:<a@b.c>", b"RCPT  TO:<d@e.f>"),  # two spaces: general
+        (b"MAIL FROM: <a@b.c>  ", b"RCPT TO:  <d@e.f> "),  # fast, trailing spaces
+        (b"MAIL FROM:<@x.y:a@b.c>", b"RCPT TO:<@x.y,@z.w:d@e.f>"),  # source route: general
+        (b"MAIL FROM:<a@b.c>\t", b"RCPT TO:<d@e.f>\t"),  # control character: 500
+    ],
+)
+def test_mail_rcpt_spellings(mail: bytes, rcpt: bytes) -> None:
+    for end in (b"\r\n", b"\n"):
+        d, out = session(b"EHLO x\r\n" + mail + end + rcpt + end)
+        if mail.endswith(b"\t"):
+            assert codes(out)[-2:] == ["500 5.5.2", "500 5.5.2"]
+            continue
+        assert out.endswith(
+            b"250 2.1.0 a@b.c ... Sender ok\r\n250 2.1.5 d@e.f ... Recipient ok\r\n"
+        )
+        assert d.events[1:] == [MailFrom("a@b.c", {}), RcptTo("d@e.f", {})]
+
+
+def test_mail_rcpt_fast_path_checks() -> None:
+    # Sequence and parameter checks apply whichever path parsed the line.
+    _, out = session(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+    assert codes(out)[1:] == ["503 5.5.1", "503 5.5.1"]
+    d, out = session(
+        b"EHLO x\r\nMAIL FROM:<a@b> size=100 BODY=8bitmime\r\nMAIL FROM:<a@b>\r\n"
+        b"RCPT TO:<c@d> NOTIFY=never\r\nRCPT TO:<c@d> FOO=1\r\nRCPT TO:<c@d>SIZE=1\r\n"
+        b"RCPT TO:<>\r\nRCPT TO:<c@" + b"x" * 64 + b">\r\n"
+    )
+    assert d.events[1] == MailFrom("a@b", {"SIZE": "100", "BODY": "8BITMIME"})
+    assert d.events[2] == RcptTo("c@d", {"NOTIFY": "NEVER"})
+    assert codes(out)[2:] == [
+        "250 2.1.0", "503 5.5.1", "250 2.1.5", "555 5.5.4", "501 5.5.4", "501 5.1.3", "501 5.1.3",
+    ]  # fmt: skip
+    _, out = session(b"EHLO x\r\nMAIL FROM:<a@b>\r\n", config=ServerConfig(HOST, submission=True))
+    assert out.endswith(b"530 5.7.0 Authentication required\r\n")
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+def test_command_line_limit_on_both_paths(end: bytes) -> None:
+    cfg = ServerConfig(HOST, max_command_line=20)
+    fits = b"MAIL FROM:<ab@cd.ef>"  # 20 octets
+    assert len(fits) == 20
+    _, out = session(b"EHLO x\r\n" + fits + end + b"RSET\r\n", config=cfg)
+    assert codes(out)[-2:] == ["250 2.1.0", "250 2.0.0"]
+    _, out = session(
+        b"EHLO x\r\n" + fits[:-1] + b"g>" + end + b"NOOP " + b"x" * 16 + end, config=cfg
+    )
+    assert codes(out)[-2:] == ["500 5.5.2", "500 5.5.2"]
+
+
+def test_pipelined_and_partial_lines() -> None:
+    d = Driver()
+    d.greet()
+    out = d.feed(b"EHLO x\r\nNOOP\r\nMAIL FROM:<a@b>\r\nRC")
+    assert codes(out) == ["250", "250 2.0.0", "250 2.1.0"]
+    assert d.conn.buffered_input == 2
+    for byte in b"PT TO:<c@d>\r":
+        assert d.feed(bytes([byte])) == b""
+    assert d.conn.buffered_input == len(b"RCPT TO:<c@d>\r")
+    out = d.feed(b"\nDATA\r\nx\r\n.\r\nQUIT\r\n")
+    assert codes(out) == ["250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]
+    assert d.messages == [b"x\r\n"]
+    assert d.kinds() == [
+        "Hello", "MailFrom", "RcptTo", "DataStart", "DataComplete", "Quit", "ConnectionClosed",
+    ]  # fmt: skip
+
+
+def test_replies_follow_each_connections_config() -> None:
+    plain = ServerConfig("a%s%d.example", max_message_size=1234)
+    _, out = session(b"EHLO x%n\r\nHELO y\r\nQUIT\r\n", config=plain)
+    assert out == (
+        b"220 a%s%d.example ESMTP mailhouse\r\n"
+        b"250-a%s%d.example Hello x%n, pleased to meet you\r\n"
+        b"250-PIPELINING\r\n250-SIZE 1234\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+        b"250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-DSN\r\n250 STARTTLS\r\n"
+        b"250 a%s%d.example Hello y, pleased to meet you\r\n"
+        b"221 2.0.0 a%s%d.example closing connection\r\n"
+    )
+    # Same names, other settings: other replies.
+    _, out = session(b"EHLO x\r\n", tls=True, config=ServerConfig("a%s%d.example"))
+    assert b"250-SIZE 26214400\r\n" in out and out.endswith(b"250-DSN\r\n250 AUTH PLAIN LOGIN\r\n")
+    # A hostname with a line break is left to format_reply, as before.
+    _, out = session(b"HELO y\r\n", config=ServerConfig("one\ntwo"))
+    assert (
+        out
+        == b"220-one\r\n220 two ESMTP mailhouse\r\n250-one\r\n250 two Hello y, pleased to meet you\r\n"
+    )
+
+
+@pytest.mark.parametrize("shift", range(-6, 3))
+def test_data_end_marker_at_search_bound(shift: int) -> None:
+    # The CRLF "." search is bounded to 128 KiB + 5 per step; a marker that
+    # straddles the bound must be found on a later step, the content intact.
+    first = b"x" * (128 * 1024 + shift)
+    raw = first + b"\r\n.\r\nNOOP\r\n"
+    d = Driver(config=ServerConfig(HOST, max_message_size=1024 * 1024))
+    d.greet()
+    d.feed(EHLO_TX + b"DATA\r\n")
+    out = d.feed(raw)
+    assert d.messages == [first + b"\r\n"]
+    assert codes(out)[-2:] == ["250 2.0.0", "250 2.0.0"]
+    stuffed = b"..y\r\n" + first[:-6] + b"\r\n.\r\n"
+    d = Driver(config=ServerConfig(HOST, max_message_size=1024 * 1024))
+    d.greet()
+    d.feed(EHLO_TX + b"DATA\r\n")
+    d.feed(stuffed)
+    assert d.messages == [b".y\r\n" + first[:-6] + b"\r\n"]
+
+
 # ---------------------------------------------------------------- speed
 
 
