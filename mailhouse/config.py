@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .trust.settings import TrustSettings, parse_trust
+
 LISTENER_NAMES = (
     "smtp",
     "submission",
@@ -128,6 +130,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     # IMAP/POP3 logins without TLS from non-loopback clients (loopback is always allowed).
     allow_plaintext_auth: bool = False
+    trust: TrustSettings = field(default_factory=TrustSettings)
     path: Path | None = None  # the file this came from; None: development defaults
 
     @property
@@ -175,7 +178,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     _check_keys(
         doc,
         {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits",
-         "tls_policy", "allow_plaintext_auth"},
+         "tls_policy", "allow_plaintext_auth", "trust"},
         path.name,
     )
     cfg = Config(path=path.resolve())
@@ -275,6 +278,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
         if k in limits:
             setattr(lim, k, parse_duration(limits[k], f"limits.{k}"))
     cfg.limits = lim
+    cfg.trust = parse_trust(_table(doc, "trust"))
     return cfg
 
 

@@ -17,6 +17,7 @@ from .net.tls import server_context
 from .queue.manager import QueueManager
 from .queue.routing import Router
 from .store import open_store
+from .trust.hooks import install as install_trust
 
 logger = log.get("serve")
 
@@ -38,8 +39,10 @@ async def serve(config: Config) -> None:
     try:
         tls = server_context(config)
         ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
+        resolver = Resolver(config.nameservers)
+        install_trust(ctx, resolver)
         deliverer = SMTPDeliverer(config.hostname, config.queue, config.tls_policy)
-        router = Router(Resolver(config.nameservers), config.routes, config.queue.smtp_port)
+        router = Router(resolver, config.routes, config.queue.smtp_port)
         queue = QueueManager(store, router, deliverer, config.queue, config.hostname,
                              max_parallel=config.queue.max_connections)
         ctx.on_queued = queue.kick

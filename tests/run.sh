@@ -10,6 +10,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 need_pkgs=()
 command -v swaks >/dev/null || need_pkgs+=(swaks)
 command -v smtp-sink >/dev/null || need_pkgs+=(postfix)
+# The webmail's browser tests drive Debian's Chromium (Playwright cannot download one here).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need_pkgs[*]}"
     # Postfix as a tool and a test peer only: no system configuration, nothing on port 25.

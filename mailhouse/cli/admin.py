@@ -49,7 +49,14 @@ async def cmd_domain_remove(config: Config, args: argparse.Namespace) -> None:
 
 
 async def cmd_domain_records(config: Config, args: argparse.Namespace) -> None:
-    raise CommandError("domain records needs DKIM keys, which this version does not make yet")
+    from .records import domain_records, print_records
+
+    name = _check_domain(args.name)
+    async with store_for(config) as store:
+        if not store.is_local_domain(name):
+            raise CommandError(f"{name} is not a local domain; add it with: mailhouse domain add {name}")
+        records = await domain_records(config, store, name)
+    print_records(records, as_json=args.json)
 
 
 async def cmd_user_add(config: Config, args: argparse.Namespace) -> None:

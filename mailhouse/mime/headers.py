@@ -50,7 +50,7 @@ _BAD_LINE = re.compile(rb"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.M)
 
 
-def block_end(buf: Buffer, start: int, end: int) -> int:
+def _block_end(buf: Buffer, start: int, end: int) -> int:
     """End of the run of header field lines at ``buf[start:end]``.
 
     The offset of the first line that is neither a field nor a continuation
@@ -75,7 +75,7 @@ def find_header_end(buf: Buffer, start: int = 0, end: int | None = None) -> tupl
     """
     if end is None:
         end = len(buf)
-    e = block_end(buf, start, end)
+    e = _block_end(buf, start, end)
     if e >= end:
         return end, end
     c = buf[e]
@@ -140,7 +140,7 @@ def iter_fields(header_bytes: Buffer) -> Iterator[tuple[bytes, bytes]]:
     :func:`unfold` for the text. Only the leading run of well-formed fields is
     considered, so stray body text after a missing separator is ignored.
     """
-    end = block_end(header_bytes, 0, len(header_bytes))
+    end = _block_end(header_bytes, 0, len(header_bytes))
     for fm in _FIELD.finditer(header_bytes, 0, end):
         yield fm.group(1), fm.group(2)
 
@@ -153,7 +153,7 @@ def field_map(header_bytes: Buffer, validated: bool = False) -> dict[bytes, byte
     """
     end = len(header_bytes)
     if not validated:
-        end = block_end(header_bytes, 0, end)
+        end = _block_end(header_bytes, 0, end)
     # Reversed so the first occurrence of a repeated field wins.
     return {name.lower(): value for name, value in reversed(_FIELD.findall(header_bytes, 0, end))}
 
@@ -197,9 +197,13 @@ _CHARSET_ALIASES = {
 }
 
 
-@functools.lru_cache(maxsize=256)
 def _codec(charset: str) -> str | None:
     """A Python text codec name for a MIME charset label, or None."""
+    # Labels come from messages: cache only short ones, to bound the memory.
+    return _cached_codec(charset) if len(charset) <= 64 else _find_codec(charset)
+
+
+def _find_codec(charset: str) -> str | None:
     name = charset.strip().strip("\"'").lower().split("*", 1)[0]
     if not name:
         return None
@@ -216,6 +220,9 @@ def _codec(charset: str) -> str | None:
     if info.name in ("base64", "hex", "quopri", "uu", "zlib", "bz2", "rot-13"):
         return None
     return info.name
+
+
+_cached_codec = functools.lru_cache(maxsize=256)(_find_codec)
 
 
 # Codecs without state or multi-byte sequences other than UTF-8's: when a

@@ -100,6 +100,7 @@ Decisions for broken input:
 from __future__ import annotations
 
 import binascii
+import codecs
 import datetime
 import email.utils
 import functools
@@ -196,9 +197,7 @@ class _Buf:
                     data, find = mv, _view_finder(mv)
         self.data = data
         self.find = find
-        self.count = (
-            data.count if isinstance(data, bytes | bytearray) else _chunked_count(data)
-        )
+        self.count = data.count if isinstance(data, bytes | bytearray) else _chunked_count(data)
         self.size = len(data)
 
     def slice(self, start: int, end: int) -> bytes:
@@ -311,11 +310,7 @@ def _simple_address(m: re.Match[str]) -> Address:
         name: str | None = quoted
     elif phrase:
         # Single spaces between words (the usual case) stay as they are.
-        name = (
-            phrase
-            if phrase.isprintable() and "  " not in phrase
-            else _WS_RUN.sub(" ", phrase)
-        )
+        name = phrase if phrase.isprintable() and "  " not in phrase else _WS_RUN.sub(" ", phrase)
     else:
         name = None
     return [name or None, None, local, host]
@@ -425,9 +420,16 @@ def _addresses(raw: bytes | None) -> list[Address] | None:
 
 
 def _envelope(fields: _Fields) -> dict[str, Any]:
-    (date, subject, frm, sender, reply_to, to, cc, bcc, in_reply_to, message_id) = fields[
-        _F_DATE : _F_MESSAGE_ID + 1
-    ]
+    frm = fields[_F_FROM]
+    sender = fields[_F_SENDER]
+    reply_to = fields[_F_REPLY_TO]
+    date = fields[_F_DATE]
+    subject = fields[_F_SUBJECT]
+    to = fields[_F_TO]
+    cc = fields[_F_CC]
+    bcc = fields[_F_BCC]
+    in_reply_to = fields[_F_IN_REPLY_TO]
+    message_id = fields[_F_MESSAGE_ID]
     from_addrs = None if frm is None else (parse_address_list(unfold(frm)) or None)
     return {
         "date": None if date is None else unfold(date),
@@ -447,7 +449,8 @@ def _envelope(fields: _Fields) -> dict[str, Any]:
 
 # The header fields the analysis reads; a header is parsed into a tuple with
 # the raw value (as headers.field_map gives it) of the first occurrence of
-# each, or None, at these indices.
+# each, or None, at these indices. Names with the same first letter are
+# adjacent (see _header_pattern).
 _WANTED = (
     "content-type",
     "content-transfer-encoding",
@@ -457,18 +460,17 @@ _WANTED = (
     "content-md5",
     "content-language",
     "content-location",
-    # _envelope relies on this order of the next ten
+    "cc",
     "date",
     "subject",
-    "from",
     "sender",
+    "from",
     "reply-to",
+    "references",
     "to",
-    "cc",
     "bcc",
     "in-reply-to",
     "message-id",
-    "references",
 )
 (
     _F_CONTENT_TYPE,
@@ -479,21 +481,22 @@ _WANTED = (
     _F_MD5,
     _F_LANGUAGE,
     _F_LOCATION,
+    _F_CC,
     _F_DATE,
     _F_SUBJECT,
-    _F_FROM,
     _F_SENDER,
+    _F_FROM,
     _F_REPLY_TO,
+    _F_REFERENCES,
     _F_TO,
-    _F_CC,
     _F_BCC,
     _F_IN_REPLY_TO,
     _F_MESSAGE_ID,
-    _F_REFERENCES,
 ) = range(len(_WANTED))
 
 _Fields = tuple[bytes | None, ...]
 _NO_FIELDS: _Fields = (None,) * len(_WANTED)
+_NO_RARE_FIELDS = (None,) * (_F_LOCATION + 1 - _F_DISPOSITION)
 
 
 def _header_pattern() -> re.Pattern[bytes]:
@@ -502,20 +505,23 @@ def _header_pattern() -> re.Pattern[bytes]:
     # captures each wanted field in group index + 1. The conditional
     # (?(n)(?!)) refuses a field whose group has matched already, so a
     # repeated field falls through to the catch-all alternative and the
-    # first occurrence is kept, as field_map does. Each alternative starts
-    # with a character class, which lets `re` skip it cheaply. (A single
-    # pass: searching for each line start costs more than the whole match.)
+    # first occurrence is kept, as field_map does. (A single pass: with
+    # `re`, searching for each line start costs more than the whole match.)
+    #
+    # The alternatives are grouped by first letter, each group behind a
+    # character class like [Cc] that `re` rejects cheaply; groups are
+    # numbered in the order of their opening parentheses, hence the order
+    # of _WANTED.
     value = rb"[^\n]*+(?:\n[ \t][^\n]*+)*+"
+    letters: dict[str, list[bytes]] = {}
+    for group, name in enumerate(_WANTED, 1):
+        rest = b"(?i:%s)(?(%d)(?!))[ \t]*+:(%s)" % (re.escape(name[1:]).encode(), group, value)
+        assert name[0] not in letters or list(letters)[-1] == name[0], "not adjacent"
+        letters.setdefault(name[0], []).append(rest)
     alternatives = [
-        b"[%s%s](?i:%s)(?(%d)(?!))[ \t]*+:(%s)"
-        % (
-            name[0].upper().encode(),
-            name[0].encode(),
-            re.escape(name[1:]).encode(),
-            group,
-            value,
-        )
-        for group, name in enumerate(_WANTED, 1)
+        b"[%s%s]" % (first.upper().encode(), first.encode())
+        + (rests[0] if len(rests) == 1 else b"(?:" + b"|".join(rests) + b")")
+        for first, rests in letters.items()
     ]
     alternatives.append(rb"[\x21-\x39\x3b-\x7e]++[ \t]*+:" + value)
     return re.compile(rb"(?:(?:" + b"|".join(alternatives) + rb")(?:\n|\Z))*+")
@@ -542,13 +548,8 @@ def _header(data: Buffer, start: int, end: int) -> tuple[int, _Fields]:
             body_start = e + 2
         else:
             body_start = e
-    if e == start:
-        return body_start, _NO_FIELDS
-    if type(data) is not bytes:
-        # Groups of other buffers are not bytes: match a copy.
-        m = _HEADER.match(bytes(data[start:e]))
-        assert m is not None
-    return body_start, m.groups()
+    # (Groups are bytes whatever the buffer type.)
+    return body_start, (m.groups() if e > start else _NO_FIELDS)
 
 
 # --- MIME tree ------------------------------------------------------------------
@@ -557,18 +558,24 @@ _WSP = re.compile(rb"[ \t]*")
 _FIRST_TOKEN = re.compile(r"\s*([^\s;()]+)")
 
 
-@functools.lru_cache(maxsize=512)
-def _content_type(raw: bytes) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
-    # The same few Content-Type values (text/plain; charset=utf-8, ...) are
-    # in most messages: parse each once.
+def _parse_content_type(raw: bytes) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
     ctype, subtype, params = parse_content_type(unfold(raw))
     return ctype, subtype, tuple(params.items())
 
 
+# The same few Content-Type values (text/plain; charset=utf-8, ...) are in
+# most messages: parse each once. Only short ones, to bound the memory.
+_cached_content_type = functools.lru_cache(maxsize=512)(_parse_content_type)
+
+
+def _content_type(raw: bytes) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
+    if len(raw) <= 200:
+        return _cached_content_type(raw)
+    return _parse_content_type(raw)
+
+
 # The usual Content-Transfer-Encoding values, stripped and lower-cased.
-_ENCODINGS = {
-    e.encode(): e for e in ("7bit", "8bit", "base64", "quoted-printable", "binary")
-}
+_ENCODINGS = {e.encode(): e for e in ("7bit", "8bit", "base64", "quoted-printable", "binary")}
 
 
 def _join(section: str, n: int) -> str:
@@ -653,39 +660,40 @@ class _Walker:
                     encoding = m.group(1).lower()
 
         disposition: dict[str, Any] | None = None
-        filename: str | None = None
-        raw_cd = fields[_F_DISPOSITION]
-        if raw_cd is not None:
-            dtype, dparams = parse_disposition(unfold(raw_cd))
-            if dtype is not None:
-                disposition = {"type": dtype, "params": dparams}
-            filename = param_text(dparams, "filename")
+        filename = cid = description = md5 = location = None
+        language: list[str] | None = None
+        rare = fields[_F_DISPOSITION : _F_LOCATION + 1]
+        if rare != _NO_RARE_FIELDS:
+            raw_cd, raw_id, raw_description, raw_md5, raw_language, raw_location = rare
+            if raw_cd is not None:
+                dtype, dparams = parse_disposition(unfold(raw_cd))
+                if dtype is not None:
+                    disposition = {"type": dtype, "params": dparams}
+                filename = param_text(dparams, "filename")
+            if raw_id is not None:
+                cid = unfold(raw_id)
+            if raw_description is not None:
+                description = unfold(raw_description)
+            if raw_md5 is not None:
+                md5 = unfold(raw_md5)
+            if raw_language is not None:
+                language = [t.strip() for t in unfold(raw_language).split(",") if t.strip()] or None
+            if raw_location is not None:
+                location = "".join(unfold(raw_location).split()) or None
         if filename is None and ("name" in params or "name*" in params):
             filename = param_text(params, "name")
-
-        cid = fields[_F_ID]
-        description = fields[_F_DESCRIPTION]
-        md5 = fields[_F_MD5]
-        language: list[str] | None = None
-        raw_lang = fields[_F_LANGUAGE]
-        if raw_lang is not None:
-            language = [t.strip() for t in unfold(raw_lang).split(",") if t.strip()] or None
-        location: str | None = None
-        raw_location = fields[_F_LOCATION]
-        if raw_location is not None:
-            location = "".join(unfold(raw_location).split()) or None
 
         node: dict[str, Any] = {
             "section": mp_section if is_multipart else leaf_section,
             "type": ctype,
             "subtype": subtype,
             "params": params,
-            "id": None if cid is None else unfold(cid),
-            "description": None if description is None else unfold(description),
+            "id": cid,
+            "description": description,
             "encoding": encoding,
             "size": end - body_start,
             "lines": None,
-            "md5": None if md5 is None else unfold(md5),
+            "md5": md5,
             "disposition": disposition,
             "language": language,
             "location": location,
@@ -781,11 +789,9 @@ _HTML_DROP = re.compile(
 _HTML_TAG = re.compile(r"<[A-Za-z/!?][^>]*(?:>|\Z)")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\u200b\ufeff]")
-# For ASCII text the characters that _collapse turns into a single space are
-# exactly the controls, DEL and SP: map them all to SP for bytes.split().
-_ASCII_BLANKS = bytes.maketrans(
-    bytes([*range(0x21), 0x7F]), b" " * 0x22
-)
+# In ASCII text, what _collapse squeezes into single spaces (str.split()
+# white space and _CONTROL) is exactly the controls, SP and DEL.
+_ASCII_BLANKS = bytes.maketrans(bytes([*range(0x21), 0x7F]), b" " * 0x22)
 _REPORT_PARTS = ("delivery-status", "disposition-notification", "feedback-report")
 
 
@@ -811,7 +817,15 @@ _MONTHS = {
 }
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 # The RFC 5322 shape nearly every Date: has; email.utils handles the rest.
-# (Possessive where giving back characters cannot lead to a match.)
+# (Possessive where giving back characters cannot lead to a match.) The
+# ASCII variant is tried first, as its character classes are cheaper than
+# Unicode \s and \d: when it matches, every run stops where the Unicode one
+# would (each is followed by an ASCII-only element), so the groups agree.
+_RFC5322_DATE_ASCII = re.compile(
+    r"[ \t\n\r\f\v]*+(?:[A-Za-z]{3},[ \t\n\r\f\v]*+)?+"
+    r"([0-9]{1,2}+[ \t\n\r\f\v]++[A-Za-z]{3}[ \t\n\r\f\v]++[0-9]{4})[ \t\n\r\f\v]++"
+    r"([0-9][0-9]):([0-9][0-9])(?::([0-9][0-9]))?+[ \t\n\r\f\v]++([+-][0-9]{4})\b"
+)
 _RFC5322_DATE = re.compile(
     r"\s*+(?:[A-Za-z]{3},\s*+)?+(\d{1,2}+\s++[A-Za-z]{3}\s++\d{4})\s++(\d\d):(\d\d)(?::(\d\d))?+"
     r"\s++([+-]\d{4})\b"
@@ -824,6 +838,16 @@ _NO_DATE = -(1 << 40)  # the date is invalid
 _NOT_RFC5322 = -(1 << 41)  # not the usual shape: email.utils decides
 _DAYS: dict[str, int] = {}
 _ZONES: dict[str, int] = {}
+
+
+class _Digits(dict[str, int]):
+    """int() of two-digit strings, by lookup: int() itself is slow."""
+
+    def __missing__(self, key: str) -> int:
+        return int(key)  # other digits (\d matches any decimal digit)
+
+
+_TWO_DIGITS = _Digits((f"{i:02d}", i) for i in range(100))
 
 
 def _day(dmy: str) -> int:
@@ -851,7 +875,7 @@ def _zone(zone: str) -> int:
 def _timestamp(value: str | None) -> int | None:
     if not value:
         return None
-    m = _RFC5322_DATE.match(value)
+    m = _RFC5322_DATE_ASCII.match(value) or _RFC5322_DATE.match(value)
     if m is not None:
         dmy, hour, minute, second, zone = m.groups()
         days = _DAYS.get(dmy)
@@ -865,8 +889,9 @@ def _timestamp(value: str | None) -> int | None:
                 if len(_ZONES) >= 1024:
                     _ZONES.clear()
                 offset = _ZONES[zone] = _zone(zone)
-            stamp = days * 86400 + int(hour) * 3600 + int(minute) * 60 - offset
-            return stamp + int(second) if second else stamp
+            digits = _TWO_DIGITS
+            stamp = days * 86400 + digits[hour] * 3600 + digits[minute] * 60 - offset
+            return stamp + digits[second] if second else stamp
         if days == _NO_DATE:
             return None
     try:
@@ -907,29 +932,51 @@ def _b64_prefix(chunk: bytes, truncated: bool) -> bytes:
         return b""
 
 
-_ASCII = bytes(range(128))
+# Codecs that decode ASCII bytes to the same characters wherever they are,
+# whatever the rest of the text: ASCII itself, UTF-8 and single-byte sets.
+# With them (or an unknown label: UTF-8, else Latin-1), an ASCII prefix of
+# a body decodes the same whichever way decode_bytes ends up going.
+_ASCII_TRANSPARENT = frozenset(
+    ["ascii", "utf-8", "koi8-r", "koi8-u"]
+    + [f"iso8859-{n}" for n in (*range(1, 12), *range(13, 17))]
+    + [f"cp125{n}" for n in range(9)]
+)
+_QUICK_PREFIX = 512
 
 
-@functools.lru_cache(maxsize=64)
-def _ascii_superset(charset: str | None) -> bool:
-    """Does :func:`decode_bytes` with this charset decode ASCII bytes as ASCII?"""
-    try:
-        return decode_bytes(_ASCII, charset) == _ASCII.decode("ascii") and all(
-            decode_bytes(_ASCII[:n], charset, final=False) == _ASCII[:n].decode("ascii")
-            for n in (1, 2, 3, 4)
-        )
-    except Exception:
-        return False
+def _quick_preview(buf: _Buf, start: int, end: int, encoding: str, codec: str | None) -> str | None:
+    """The preview of a plain text body from its first few hundred bytes.
 
-
-@functools.lru_cache(maxsize=64)
-def _utf8_first(charset: str | None) -> bool:
-    """Does :func:`decode_bytes` decode non-ASCII UTF-8 as UTF-8 for this charset?
-
-    It does when UTF-8 is the declared codec, or the first fallback: after
-    ASCII (which fails on any non-ASCII byte) or an unknown label.
+    None unless that prefix alone decides what :func:`_preview` returns:
+    its text, collapsed, is a prefix of the collapsed text of the first
+    window and already longer than PREVIEW_CHARS. Saves decoding kilobytes
+    (and the quoted-printable decoding of all of them) for 200 characters.
     """
-    return codec_name(charset) in (None, "ascii", "utf-8")
+    stop = start + _QUICK_PREFIX
+    if stop >= min(end, start + 2048) or encoding == "base64":
+        return None  # the prefix would be the whole first window
+    if codec is not None and codec not in _ASCII_TRANSPARENT:
+        return None
+    data = buf.slice(start, stop)
+    if encoding == "quoted-printable":
+        # a2b_qp works line by line: decoding whole lines gives a prefix.
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            return None
+        data = binascii.a2b_qp(data[:cut])
+    if data.isascii():
+        text = _collapse_bytes(data, "ascii")
+    elif codec == "utf-8":
+        # A valid prefix decodes the same even if the text turns out
+        # invalid further on (decode_bytes then replaces the bad bytes).
+        try:
+            _, valid = codecs.utf_8_decode(data, "strict", False)
+        except UnicodeDecodeError:
+            return None
+        text = _collapse_bytes(data[:valid], "utf-8")
+    else:
+        return None
+    return text[:PREVIEW_CHARS] if len(text) > PREVIEW_CHARS else None
 
 
 def _preview(buf: _Buf, node: dict[str, Any]) -> str:
@@ -940,6 +987,23 @@ def _preview(buf: _Buf, node: dict[str, Any]) -> str:
     if "charset*" in params or (charset is not None and "=?" in charset):
         charset = param_text(params, "charset")
     encoding = node["encoding"]
+    codec = codec_name(charset)
+    if not is_html:
+        quick = _quick_preview(buf, start, end, encoding, codec)
+        if quick is not None:
+            return quick
+    return _window_preview(buf, start, end, is_html, charset, codec, encoding)
+
+
+def _window_preview(
+    buf: _Buf,
+    start: int,
+    end: int,
+    is_html: bool,
+    charset: str | None,
+    codec: str | None,
+    encoding: str,
+) -> str:
     text = ""
     # Most previews come out of the first few KB; HTML may hide its text
     # behind a large <head>, so retry once with a bigger window.
@@ -956,14 +1020,12 @@ def _preview(buf: _Buf, node: dict[str, Any]) -> str:
         if is_html:
             text = decode_bytes(chunk, charset, final=not truncated)
             text = _collapse(html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text))))
-        elif chunk.isascii():
-            if _ascii_superset(charset):
-                text = _collapse_bytes(chunk, "ascii")
-            else:
-                text = _collapse(decode_bytes(chunk, charset, final=not truncated))
-        elif _utf8_first(charset) and _is_utf8(chunk):
-            # What decode_bytes would return; without an incomplete final
-            # character, the same for a truncated window.
+        elif chunk.isascii() and (codec is None or codec in _ASCII_TRANSPARENT):
+            text = _collapse_bytes(chunk, "ascii")
+        elif codec in (None, "ascii", "utf-8") and _is_utf8(chunk):
+            # What decode_bytes would return: UTF-8 is the declared codec or
+            # the first fallback (ASCII fails on any non-ASCII byte). Without
+            # an incomplete final character, the same for a truncated window.
             text = _collapse_bytes(chunk, "utf-8")
         else:
             text = _collapse(decode_bytes(chunk, charset, final=not truncated))
@@ -1006,7 +1068,7 @@ def _collapse_bytes(chunk: bytes, encoding: str) -> str:
             out = out.replace(b"  ", b" ")
         # A multi-byte character cut at the end of the piece is dropped.
         text = out.strip(b" ").decode(encoding, "ignore")
-        if not text.isprintable():
+        if not (text.isascii() or text.isprintable()):
             return _collapse(chunk.decode(encoding))
         if len(text) > PREVIEW_CHARS or size >= len(chunk):
             return text
@@ -1033,10 +1095,10 @@ def _add_summary(
 ) -> None:
     subject = envelope["subject"]
     from_name = from_address = ""
-    for addr in envelope["from"] or ():
-        if addr[2] is not None and addr[3] is not None:
-            from_name = decode_words(addr[0]) if addr[0] else ""
-            from_address = address_string(addr)
+    for name, _, mailbox, host in envelope["from"] or ():
+        if mailbox is not None and host is not None:  # not a group marker
+            from_name = decode_words(name) if name else ""
+            from_address = f"{mailbox}@{host}" if host else mailbox  # address_string()
             break
 
     has_attachments = False

@@ -139,10 +139,11 @@ class POP3Session:
                 return
 
     async def _login(self, ev: pm.Login) -> None:
-        account = await self.ctx.auth.login(ev.username, ev.password)
+        result = await self.ctx.auth.attempt(ev.username, ev.password, ip=self.ip, protocol="pop3")
+        account = result.account
         if account is None:
             logger.info("[%s]: login failed for %r", self.ip, ev.username[:100])
-            self.m.login_failed()
+            self.m.login_failed(temporary=result.locked)
             return
         folder = await self.ctx.store.get_folder(account.id, "INBOX")
         if folder is None:

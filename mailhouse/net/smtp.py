@@ -20,6 +20,7 @@ from ..delivery.reception import Client, Reception, Refusal
 from ..delivery.trace import TLSInfo
 from ..smtp import server as sm
 from ..smtp.grammar import format_reply
+from ..trust.hooks import allow_connection, may_send_as
 
 logger = log.get("smtpd")
 
@@ -105,6 +106,11 @@ class SMTPSession(asyncio.BufferedProtocol):
         if self.ctx.connections[ip] >= lim.max_connections_per_ip:
             self.machine.refuse(421, "4.7.0", f"Error: too many connections from {ip}")
             logger.info("reject: connect from [%s] on %s: too many connections from this address", ip, self.listener)
+            self._close()
+            return
+        if not allow_connection(self.ctx, ip):
+            self.machine.refuse(421, "4.7.0", f"Error: too many new connections from {ip}, slow down")
+            logger.info("reject: connect from [%s] on %s: connection rate", ip, self.listener)
             self._close()
             return
         self.ctx.connections[ip] += 1
@@ -265,6 +271,10 @@ class SMTPSession(asyncio.BufferedProtocol):
             self.helo, self.esmtp = ev.name, ev.extended
         elif isinstance(ev, sm.MailFrom):
             self._end_transaction("new transaction")
+            if self.auth_user is not None and not may_send_as(self.ctx, self.auth_user, ev.address):
+                logger.info("[%s]: %s may not send as <%s>", self.peer_ip, self.auth_user, ev.address)
+                m.reject(553, "5.7.1", f"<{ev.address}>: Sender address rejected: not owned by user {self.auth_user}")
+                return
             self.tx = Reception(self.ctx, self._client(), ev.address, dict(ev.params), submission=self.submission)
             m.accept()
         elif isinstance(ev, sm.RcptTo):
@@ -325,10 +335,11 @@ class SMTPSession(asyncio.BufferedProtocol):
         if ev.authzid and ev.authzid.lower() != ev.username.lower():
             m.auth_failed()
             return
-        account = await self.ctx.auth.login(ev.username, ev.password)
+        result = await self.ctx.auth.attempt(ev.username, ev.password, ip=self.peer_ip, protocol="smtp")
+        account = result.account
         if account is None:
             logger.info("[%s]: %s authentication failed for %r", self.peer_ip, ev.mechanism, ev.username[:100])
-            m.auth_failed()
+            m.auth_failed(temporary=result.locked)
             return
         self.auth_user = account.address
         logger.info("[%s]: authenticated as %s (%s)", self.peer_ip, account.address, ev.mechanism)

@@ -12,18 +12,25 @@ from collections.abc import Callable, Iterable
 from .models import (
     Account,
     Alias,
+    ApiToken,
+    AppendItem,
     AttemptOutcome,
     Change,
     Delivered,
     Domain,
     FlagChange,
     Folder,
+    FolderColumns,
+    FolderDelta,
+    FolderSummary,
     Incoming,
     JourneyEvent,
     LocalTarget,
     Message,
+    MessageQuery,
     MessageState,
     QueueEntry,
+    SearchRow,
 )
 
 
@@ -215,6 +222,55 @@ class Store(abc.ABC):
     ) -> Delivered:
         """Store a message given whole (import, IMAP APPEND, Sent copies)."""
 
+    # ---- IMAP (mailhouse.imap): fast mailbox reads and atomic appends
+    @abc.abstractmethod
+    async def folder_columns(self, folder_id: int) -> FolderColumns | None:
+        """The folder and all its messages' states as arrays, in one snapshot
+        (None when the folder is gone): SELECT of a 100,000-message mailbox."""
+
+    @abc.abstractmethod
+    async def folder_changes(self, folder_id: int, since_modseq: int) -> FolderDelta | None:
+        """Messages changed or added, and UIDs expunged, after `since_modseq`,
+        with the folder's current state, in one snapshot (None when gone)."""
+
+    @abc.abstractmethod
+    async def folder_modseqs(self, folder_ids: list[int]) -> dict[int, int]:
+        """folder id -> highest mod-sequence, for a cheap poll of many folders
+        (changes made by other processes, which send no notification)."""
+
+    @abc.abstractmethod
+    async def folder_summaries(self, folder_ids: list[int]) -> dict[int, FolderSummary]:
+        """STATUS counts (messages, unseen, deleted, total size) per folder."""
+
+    @abc.abstractmethod
+    async def read_blobs(self, blob_ids: list[int]) -> dict[int, bytes]:
+        """Several messages' bytes in one round trip (FETCH of bodies)."""
+
+    @abc.abstractmethod
+    async def search_rows(self, folder_id: int, uids: list[int], *, headers: bool) -> list[SearchRow]:
+        """Internal date and (if `headers`) the raw header block of the given
+        messages, by UID, without reading their bodies."""
+
+    @abc.abstractmethod
+    async def append_many(self, target: LocalTarget, items: list[AppendItem]) -> list[Delivered]:
+        """Store several messages in one folder in one commit: all or none
+        (MULTIAPPEND). The folder must exist (NotFound otherwise)."""
+
+    @abc.abstractmethod
+    async def orphan_subscriptions(self, account_id: int) -> set[str]:
+        """Subscribed names that have no folder (the others are Folder.subscribed)."""
+
+    @abc.abstractmethod
+    async def set_orphan_subscription(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Add or remove a subscription to a name without a folder."""
+
+    @abc.abstractmethod
+    async def note_first_read(
+        self, queue_id: str, message_id: str | None, account: str, protocol: str
+    ) -> bool:
+        """Add a "read" journey event unless the account already read that
+        message; True when it was added."""
+
     # ---- queue and journey
     @abc.abstractmethod
     async def list_queue(self) -> list[QueueEntry]: ...
@@ -264,3 +320,46 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def journey(self, ident: str) -> list[JourneyEvent]:
         """Events of one message by queue id or Message-ID, oldest first."""
+
+    # ---- webmail and HTTP API (mailhouse.web)
+    @abc.abstractmethod
+    async def list_messages_page(self, folder_id: int, limit: int, offset: int) -> list[Message]:
+        """One page of a folder, newest (highest UID) first; fast at any size. The
+        messages' `parse` holds only the summary keys (subject, from_name,
+        from_address, to, cc, date, preview, has_attachments): what a list shows."""
+
+    @abc.abstractmethod
+    async def folder_counts(self, account_id: int) -> dict[int, tuple[int, int]]:
+        """folder id -> (messages, unseen messages), for every folder of the account."""
+
+    @abc.abstractmethod
+    async def search_messages(self, account_id: int, query: MessageQuery, limit: int) -> list[Message]:
+        """Messages of the account matching every given criterion, newest first
+        (`parse` with the summary keys only, as in list_messages_page)."""
+
+    @abc.abstractmethod
+    async def add_api_token(self, account_id: int, name: str, token_hash: str) -> ApiToken: ...
+
+    @abc.abstractmethod
+    async def list_api_tokens(self, account_id: int) -> list[ApiToken]: ...
+
+    @abc.abstractmethod
+    async def get_api_token(self, token_id: int) -> ApiToken | None: ...
+
+    @abc.abstractmethod
+    async def delete_api_token(self, account_id: int, token_id: int) -> bool:
+        """False when the account has no such token."""
+
+    @abc.abstractmethod
+    async def touch_api_token(self, token_id: int, when: float) -> None:
+        """Record a use (callers throttle this: it is a write)."""
+
+    # ---- DKIM signing keys (mailhouse.trust.keys; migration 0005_dkim)
+    @abc.abstractmethod
+    async def dkim_keys(self, domain: str) -> list[tuple[str, str, str, float]]:
+        """The domain's active signing keys: (selector, algorithm, private key PEM, created)."""
+
+    @abc.abstractmethod
+    async def add_dkim_key(self, domain: str, selector: str, algorithm: str, private_pem: str) -> bool:
+        """Keep a new active key unless the domain already has an active key of that
+        algorithm (another process made it first); True when this one was kept."""

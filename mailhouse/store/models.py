@@ -240,3 +240,91 @@ class Change:
     account_id: int
     folder_id: int
     kind: str  # "exists" / "flags" / "expunge" / "folders"
+
+
+# ---- IMAP (mailhouse.imap): compact mailbox state ----------------------------
+
+
+@dataclass
+class FolderColumns:
+    """A folder and every message's state as parallel arrays (index i is
+    message i+1 by UID order): about 20 bytes a message instead of an object,
+    so a session can hold 100,000 of them and load them in one query."""
+
+    folder: Folder
+    uids: Any  # array("I"), ascending
+    flags: bytearray  # FLAG_BITS
+    modseqs: Any  # array("Q")
+    sizes: Any  # array("Q")
+    keywords: dict[int, str]  # uid -> space-separated keywords, only when there are some
+
+
+@dataclass(frozen=True)
+class FolderDelta:
+    """What changed in a folder after a mod-sequence, read in one snapshot."""
+
+    folder: Folder
+    changed: list[tuple[int, int, str, int, int]]  # (uid, flags, keywords, modseq, size) by UID
+    vanished: list[int]  # UIDs expunged after the mod-sequence, ascending
+
+
+@dataclass(frozen=True)
+class FolderSummary:
+    """STATUS figures of one folder."""
+
+    messages: int
+    unseen: int
+    deleted: int
+    size: int
+
+
+@dataclass(frozen=True)
+class SearchRow:
+    """What SEARCH reads per message beyond the flags: the internal date, and
+    the raw header block (with its empty line) if asked."""
+
+    uid: int
+    internal_date: float
+    header: bytes | None
+
+
+@dataclass(frozen=True)
+class AppendItem:
+    """One message of an APPEND (several for MULTIAPPEND, stored all or none)."""
+
+    raw: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: float | None = None
+
+
+# ---- webmail and HTTP API (mailhouse.web) ------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A bearer token of the HTTP API; the store keeps only a hash of its secret."""
+
+    id: int
+    account_id: int
+    name: str
+    hash: str
+    created: float
+    last_used: float | None
+    address: str = ""  # the account's, so callers can check it against the directory
+
+
+@dataclass(frozen=True)
+class MessageQuery:
+    """What the webmail's search form asks for; empty fields do not filter.
+
+    `text` matches any of from, to, subject and the preview; `body` also looks
+    into the stored bytes of messages kept inline (most of them)."""
+
+    folder_id: int | None = None  # None: every folder of the account
+    text: str = ""
+    sender: str = ""
+    recipient: str = ""
+    subject: str = ""
+    body: str = ""
+    since: float | None = None  # received at or after (UNIX time)
+    before: float | None = None  # received before

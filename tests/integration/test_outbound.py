@@ -99,7 +99,9 @@ def test_alice_to_bob_through_mx(world: dict[str, Any]) -> None:
     assert rows[0]["subject"] == "ketchup"
     raw = hamburger.cli("mailbox", "show", "bob@hamburger.edu", str(rows[0]["uid"])).stdout
     head = raw.split(b"\r\n\r\n", 1)[0]
-    assert head.startswith(b"Return-Path: <alice@crepes.fr>\r\nReceived: from mail.crepes.fr")
+    assert head.startswith(b"Return-Path: <alice@crepes.fr>\r\nAuthentication-Results: mail.hamburger.edu;")
+    assert b"\r\nReceived: from mail.crepes.fr" in head
+    assert b"\r\nDKIM-Signature: " in head  # crepes.fr signed it on submission
     assert head.count(b"Return-Path:") == 1  # crepes' own Return-Path did not travel
     assert b"with ESMTPS" in head and b"with ESMTPSA" in head  # TLS on both hops
     assert raw.endswith(b"Do you like ketchup?\r\nHow about pickles?\r\n")
@@ -285,7 +287,7 @@ def test_send_and_trace_on_both_servers(world: dict[str, Any], tmp_path: Path) -
     assert "received by mail.hamburger.edu on its smtp listener from mail.crepes.fr [127.0.0.1]" in got
     assert "delivered to bob@hamburger.edu, folder INBOX" in got
     events = json.loads(hamburger.cli("trace", mid, "--json").stdout)
-    assert [e["kind"] for e in events] == ["received", "delivered"]
+    assert [e["kind"] for e in events] == ["received", "checks", "delivered"]
     import poplib
 
     p = poplib.POP3("127.0.0.1", hamburger.port("pop3"), timeout=10)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import codecs
 import mmap
+import re
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailhouse.mime.headers import (
+    codec_name,
     decode_bytes,
     decode_words,
     field_map,
@@ -148,6 +151,7 @@ def test_iter_fields_and_field_map() -> None:
     assert list(iter_fields(header)) == [(b"A", b" 1\r"), (b"B", b" 2\r"), (b"A", b" 3\r")]
     assert field_map(header) == {b"a": b" 1\r", b"b": b" 2\r"}
     assert unfold(b" a\r\n b\r") == "a b"
+    assert unfold(b" a\n b") == "a b"  # bare LF folding
 
 
 # --- RFC 2047 -------------------------------------------------------------------------
@@ -266,3 +270,103 @@ def test_parse_params_is_total(value: str) -> None:
     for name in params:
         param_text(params, name.rstrip("*"))
     parse_disposition(value)
+
+
+# --- fast paths against the reference semantics ----------------------------------------
+
+# The header block as one regex matched it before find_header_end searched
+# for the first bad line instead.
+_REFERENCE_BLOCK = re.compile(
+    rb"(?:[\x21-\x39\x3b-\x7e]+[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*)*"
+)
+
+
+def _reference_header_end(buf: bytes, start: int, end: int) -> tuple[int, int]:
+    m = _REFERENCE_BLOCK.match(buf, start, end)
+    e = m.end() if m is not None else start
+    if e >= end:
+        return end, end
+    if buf[e] == 10:
+        return e, e + 1
+    if buf[e] == 13 and e + 1 < end and buf[e + 1] == 10:
+        return e, e + 2
+    return e, e
+
+
+LINES = st.sampled_from(
+    [
+        b"Subject: s", b"X :obsolete", b"To:", b" folded", b"\tfolded", b"", b"\r", b" ", b"bad line",
+        b": nameless", b"N\xe4me: v", b"x" * 40, b"A:b:c", b"\x7f: del", b"~!#: odd", b"Key\t\t: v\r",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(LINES, max_size=10), st.sampled_from([b"\r\n", b"\n"]), st.booleans(),
+    st.binary(max_size=6), st.integers(0, 3), st.integers(0, 3),
+)  # fmt: skip
+def test_find_header_end_matches_reference(
+    lines: list[bytes], eol: bytes, final: bool, tail: bytes, lo: int, hi: int
+) -> None:
+    raw = b"a:\n"[:lo] + eol.join(lines) + (eol if final else b"") + tail + b"\n\r\n"[:hi]
+    start, end = lo, len(raw) - hi
+    assert find_header_end(raw, start, end) == _reference_header_end(raw, start, end)
+    assert find_header_end(memoryview(raw), start, end) == _reference_header_end(raw, start, end)
+    fields_end, _ = _reference_header_end(raw, 0, len(raw))
+    assert list(iter_fields(raw)) == list(iter_fields(raw[:fields_end]))
+    assert field_map(raw) == field_map(raw[:fields_end], True)
+
+
+def _reference_decode(data: bytes, charset: str | None, final: bool) -> str:
+    """decode_bytes before plain decode() was tried ahead of the incremental decoder."""
+    codec = codec_name(charset)
+    for name in (codec, "utf-8"):
+        if name is None:
+            continue
+        try:
+            if final:
+                return data.decode(name)
+            return codecs.getincrementaldecoder(name)("strict").decode(data, False)
+        except Exception:
+            continue
+    try:
+        return data.decode(codec or "latin-1", "replace")
+    except Exception:
+        return data.decode("latin-1")
+
+
+CHARSETS = st.sampled_from(
+    [
+        "utf-8", "us-ascii", "iso-8859-1", "iso-8859-15", "windows-1252", "koi8-r", "shift_jis",
+        "gb2312", "utf-7", "utf-16", "iso-2022-jp", "cp037", "bogus", "", "UTF-8*en",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500)
+@example(b"a+AGE", "utf-7", False, 0)  # plain decode() would flush the open base64 run
+@example(b"\x1b$B", "iso-2022-jp", False, 0)
+@example(b"a\xe2\x82", "utf-8", False, 0)
+@given(
+    st.binary(max_size=40) | st.text(max_size=20).map(lambda t: t.encode()),
+    CHARSETS,
+    st.booleans(),
+    st.integers(0, 40),
+)
+def test_decode_bytes_matches_reference(data: bytes, charset: str, final: bool, cut: int) -> None:
+    data = data[: len(data) - cut] if cut < len(data) else data  # truncated multi-byte endings
+    assert decode_bytes(data, charset, final) == _reference_decode(data, charset, final)
+
+
+def test_codec_name() -> None:
+    assert codec_name(None) is None
+    assert codec_name("") is None
+    assert codec_name("US-ASCII") == "ascii"
+    assert codec_name('"utf-8"') == "utf-8"
+    assert codec_name("gb2312") == "gb18030"
+    assert codec_name("base64") is None
+    assert codec_name("no-such-charset") is None
+    # long labels are looked up without being cached, with the same answer
+    assert codec_name("utf-8" + " " * 100) == "utf-8"
+    assert codec_name("x" * 100) is None

@@ -1,0 +1,1 @@
+"""The webmail and the HTTP API (Starlette on uvicorn, in serve's event loop)."""
