@@ -764,6 +764,9 @@ class MailhouseTarget(Target):
             'data_dir = "data"\n'
             "\n[listen]\n"
             f'smtp = "{self.host}:{self.port}"\n'
+            # Like the Postfix peer (no policy service): the load generator's address
+            # is trusted, so no SPF/DKIM/DMARC checks and no connection-rate limit.
+            '\n[trust]\ntrusted_networks = ["127.0.0.0/8"]\n'
             + (
                 f'\n[dns]\nnameservers = ["127.0.0.1:{self.dns_port}"]\n'
                 if self.dns_port is not None

@@ -12,6 +12,10 @@ command -v swaks >/dev/null || need_pkgs+=(swaks)
 command -v smtp-sink >/dev/null || need_pkgs+=(postfix)
 # The webmail's browser tests drive Debian's Chromium (Playwright cannot download one here).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
+# Real IMAP clients for the IMAP tests: mbsync (isync) and mutt, driven in tmux.
+command -v mbsync >/dev/null || need_pkgs+=(isync)
+command -v mutt >/dev/null || need_pkgs+=(mutt)
+command -v tmux >/dev/null || need_pkgs+=(tmux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need_pkgs[*]}"
     # Postfix as a tool and a test peer only: no system configuration, nothing on port 25.

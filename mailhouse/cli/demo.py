@@ -84,7 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
         zone.add(f"mail.{domain}", "A", "127.0.0.1", ttl=0)
     retry = "3s" if args.down else "30m"
     lifetime = "12s" if args.never else "5d"
-    listeners = ("smtp", "submission", "submissions", "pop3", "pop3s")
+    listeners = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 
     def server(domain: str, other: str) -> MailServer:
         return MailServer(root, domain, listeners=listeners, ports={"smtp": ports[domain]}, extra={
@@ -98,6 +98,12 @@ def run_demo(args: argparse.Namespace) -> int:
     alice_pw, bob_pw = secrets.token_urlsafe(9), secrets.token_urlsafe(9)
     crepes.cli("user", "add", "alice@crepes.fr", "--password", alice_pw)
     hamburger.cli("user", "add", "bob@hamburger.edu", "--password", bob_pw)
+    # Each domain publishes what `domain records` says (SPF, DKIM key, DMARC), as a
+    # real one would, so the receiving side's checks pass.
+    for srv in (crepes, hamburger):
+        for rec in json.loads(srv.cli("domain", "records", srv.domain, "--json").stdout):
+            if rec["type"] == "TXT":
+                zone.add(rec["name"].rstrip("."), "TXT", rec["value"], ttl=0)
     print("mailhouse demo: the journey of Alice's message to Bob, on this machine.")
     print(f"  crepes.fr     : SMTP 127.0.0.1:{crepes.port('smtp')}, submission {crepes.port('submission')}, data {crepes.data_dir}")
     print(f"  hamburger.edu : SMTP 127.0.0.1:{hamburger.port('smtp')}, submission {hamburger.port('submission')}, data {hamburger.data_dir}")
@@ -202,10 +208,11 @@ def _story(
     if args.once:
         return 0
     print()
-    print("Both servers keep running until Ctrl-C:")
-    print(f"  Alice: alice@crepes.fr / {alice_pw}  (submission 127.0.0.1:{crepes.port('submission')}, POP3 {crepes.port('pop3')})")
-    print(f"  Bob:   bob@hamburger.edu / {bob_pw}  (submission 127.0.0.1:{hamburger.port('submission')}, POP3 {hamburger.port('pop3')})")
-    print("  (the webmail is not built yet; read mail with a POP3 client or `mailhouse mailbox list`)")
+    print("Both servers keep running until Ctrl-C. Log in to the webmail:")
+    print(f"  Bob:   http://127.0.0.1:{hamburger.port('http')}/  bob@hamburger.edu / {bob_pw}")
+    print(f"  Alice: http://127.0.0.1:{crepes.port('http')}/  alice@crepes.fr / {alice_pw}")
+    print(f"  (or a mail client: IMAP 127.0.0.1:{hamburger.port('imap')} / {crepes.port('imap')}, "
+          f"submission {hamburger.port('submission')} / {crepes.port('submission')})")
     try:
         while True:
             time.sleep(3600)

@@ -67,6 +67,22 @@ def describe(ev: JourneyEvent) -> list[str]:
         return [f"{k[4:]} notice {d.get('dsn_queue_id')} sent to <{d.get('to')}>"]
     if k == "dsn":
         return [f"a delivery status notice ({d.get('kind')}) about {d.get('about')} for <{d.get('to')}>"]
+    if k == "checks":
+        parts = []
+        for key in ("spf", "dkim", "dmarc", "arc"):
+            v = d.get(key)
+            if isinstance(v, dict):
+                v = v.get("result", v)
+            elif isinstance(v, list):
+                v = ", ".join(str(x.get("result", x)) if isinstance(x, dict) else str(x) for x in v) or "none"
+            if v is not None:
+                parts.append(f"{key}={v}")
+        extra = {k2: v2 for k2, v2 in d.items() if k2 not in ("spf", "dkim", "dmarc", "arc")}
+        return ["sender checks: " + (" ".join(parts) or json.dumps(d, ensure_ascii=False))] + (
+            [f"  {json.dumps(extra, ensure_ascii=False)}"] if extra else []
+        )
+    if k == "dkim_signed":
+        return [f"signed with DKIM for {d.get('d')} (selectors {', '.join(d.get('s') or [])}, {d.get('ms')} ms)"]
     if k == "removed":
         return ["removed from the queue: every recipient is done"]
     if k == "deleted":

@@ -19,9 +19,8 @@ strings are decoded, which state allows which command):
 * :mod:`~mailhouse.imap.mailbox`: the selected mailbox as compact arrays;
 * :mod:`~mailhouse.imap.fetch`, :mod:`~mailhouse.imap.search`,
   :mod:`~mailhouse.imap.ordering`: FETCH items, SEARCH, SORT and THREAD;
-* :mod:`~mailhouse.imap.names`, :mod:`~mailhouse.imap.watch`,
-  :mod:`~mailhouse.imap.logins`: mailbox names and LIST patterns, change
-  notifications, the cache of recent logins.
+* :mod:`~mailhouse.imap.names` and :mod:`~mailhouse.imap.watch`: mailbox
+  names and LIST patterns, change notifications.
 
 The socket side is :mod:`mailhouse.net.imap`.
 """

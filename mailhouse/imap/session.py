@@ -21,7 +21,6 @@ from typing import Any
 
 from mailhouse import __version__
 from mailhouse.context import Context
-from mailhouse.imap import logins
 from mailhouse.imap import writer as w
 from mailhouse.imap.folders import FolderCommands
 from mailhouse.imap.mailbox import MailboxView
@@ -412,17 +411,27 @@ class IMAPSession(FolderCommands, MessageCommands):
             await self.flush()
             self.close()
 
+    async def _check_login(self, tag: str, username: str, password: str, how: str) -> None:
+        """The Authenticator (lockout, cache of recent successes, argon2, the
+        delay on failure), then the answer."""
+        result = await self.ctx.auth.attempt(username, password, ip=self.peer, protocol="IMAP")
+        if result.account is not None:
+            await self._logged_in(tag, result.account, how)
+        elif result.locked:
+            self.tagged(
+                tag, "NO", f"Too many failed logins; try again in {int(result.retry_after) + 1}s",
+                w.Code.UNAVAILABLE,
+            )
+        else:
+            await self._login_failed(tag, username)
+
     async def cmd_login(self, cmd: Login) -> None:
         if not self.plaintext_ok:
             self.tagged(cmd.tag, "NO", "LOGIN needs TLS (STARTTLS first)", w.Code.PRIVACYREQUIRED)
             return
         user = cmd.username.decode("utf-8", "replace")
         password = cmd.password.decode("utf-8", "replace")
-        account = await logins.login(self.ctx.auth, user, password)
-        if account is None:
-            await self._login_failed(cmd.tag, user)
-            return
-        await self._logged_in(cmd.tag, account, "LOGIN")
+        await self._check_login(cmd.tag, user, password, "LOGIN")
 
     async def cmd_authenticate(self, cmd: Authenticate) -> None:
         if cmd.mechanism != "PLAIN":
@@ -456,11 +465,7 @@ class IMAPSession(FolderCommands, MessageCommands):
         if authzid and authzid.lower() != authcid.lower():
             self.tagged(cmd.tag, "NO", "Cannot act as another user", w.Code.AUTHORIZATIONFAILED)
             return
-        account = await logins.login(self.ctx.auth, authcid, password)
-        if account is None:
-            await self._login_failed(cmd.tag, authcid)
-            return
-        await self._logged_in(cmd.tag, account, "AUTHENTICATE PLAIN")
+        await self._check_login(cmd.tag, authcid, password, "AUTHENTICATE PLAIN")
 
     # -- authenticated ------------------------------------------------------------------------------------------
 

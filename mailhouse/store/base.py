@@ -323,10 +323,17 @@ class Store(abc.ABC):
 
     # ---- webmail and HTTP API (mailhouse.web)
     @abc.abstractmethod
-    async def list_messages_page(self, folder_id: int, limit: int, offset: int) -> list[Message]:
-        """One page of a folder, newest (highest UID) first; fast at any size. The
-        messages' `parse` holds only the summary keys (subject, from_name,
-        from_address, to, cc, date, preview, has_attachments): what a list shows."""
+    async def list_messages_page(
+        self, folder_id: int, limit: int, offset: int, *, max_uid: int | None = None
+    ) -> list[Message]:
+        """One page of a folder, newest (highest UID) first, skipping `offset`
+        messages (after leaving out UIDs above `max_uid` when given). The messages'
+        `parse` holds only the summary keys (subject, from_name, from_address, to,
+        cc, date, preview, has_attachments): what a list shows."""
+
+    @abc.abstractmethod
+    async def folder_uids(self, folder_id: int) -> list[int]:
+        """Every UID of the folder, ascending (cheap: the index only)."""
 
     @abc.abstractmethod
     async def folder_counts(self, account_id: int) -> dict[int, tuple[int, int]]:

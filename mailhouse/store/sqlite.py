@@ -1436,17 +1436,25 @@ class SQLiteStore(Store):
             parse=dict(zip(cls._SUMMARY_KEYS, values, strict=False)), blob_id=r[11],
         )
 
-    async def list_messages_page(self, folder_id: int, limit: int, offset: int) -> list[Message]:
-        # Walks the (folder_id, uid) unique index backwards: a page costs the same
-        # on a folder of 100 or 100,000 messages (OFFSET skips index entries only).
+    async def list_messages_page(
+        self, folder_id: int, limit: int, offset: int, *, max_uid: int | None = None
+    ) -> list[Message]:
+        # Walks the (folder_id, uid) unique index backwards; OFFSET skips index
+        # entries only, but still one by one: callers paging deep pass max_uid.
+        bound = max_uid if max_uid is not None else 2**63 - 1
         return await self._read(
             lambda c: [
                 self._summary_message(r)
                 for r in c.execute(
-                    self._SUMMARY_SQL + " WHERE folder_id = ? ORDER BY uid DESC LIMIT ? OFFSET ?",
-                    (folder_id, max(0, limit), max(0, offset)),
+                    self._SUMMARY_SQL + " WHERE folder_id = ? AND uid <= ? ORDER BY uid DESC LIMIT ? OFFSET ?",
+                    (folder_id, bound, max(0, limit), max(0, offset)),
                 )
             ]
+        )
+
+    async def folder_uids(self, folder_id: int) -> list[int]:
+        return await self._read(
+            lambda c: [r[0] for r in c.execute("SELECT uid FROM messages WHERE folder_id = ? ORDER BY uid", (folder_id,))]
         )
 
     async def folder_counts(self, account_id: int) -> dict[int, tuple[int, int]]:

@@ -155,6 +155,8 @@ class Credentials:
 
     async def password(self, address: str, password: str, ip: str) -> Account | None:
         """A password check (webmail login or Basic); None when wrong or limited."""
+        if self.ctx.auth.locked(ip) > 0:
+            return None  # the shared cross-protocol lockout comes before any cache
         digest = self._digest(address, password)
         hit = self._basic.get(digest)
         if hit is not None:
@@ -165,7 +167,7 @@ class Credentials:
             del self._basic[digest]
         if self.limiter.blocked(ip):
             return None
-        account = await self.ctx.auth.login(address, password)
+        account = await self.ctx.auth.login(address, password, ip=ip, protocol="http")
         if account is None:
             self.limiter.failed(ip)
             return None

@@ -60,7 +60,7 @@ def test_implicit_tls_and_isolation(srv: MailServer) -> None:
     m = imaplib.IMAP4_SSL("127.0.0.1", srv.port("imaps"), ssl_context=_tls(), timeout=10)
     m.login("eve@imap.test", "pw2")
     typ, data = m.select("INBOX")
-    assert data == [b"0"]  # eve sees only her own mailboxes
+    assert typ == "OK" and data == [b"0"]  # eve sees only her own mailboxes
     assert m.select("bob@imap.test/INBOX")[0] == "NO"
     m.logout()
 

@@ -38,6 +38,8 @@ async def test_pages_counts_search(store: SQLiteStore) -> None:
     page = await store.list_messages_page(inbox.id, 10, 0)
     assert [m.uid for m in page] == list(range(30, 20, -1))
     assert [m.uid for m in await store.list_messages_page(inbox.id, 5, 28)] == [2, 1]
+    assert [m.uid for m in await store.list_messages_page(inbox.id, 3, 1, max_uid=10)] == [9, 8, 7]
+    assert await store.folder_uids(inbox.id) == list(range(1, 31))
     counts = await store.folder_counts(bob.id)
     assert counts[inbox.id] == (30, 20)
     assert all(v == (0, 0) for k, v in counts.items() if k != inbox.id)
@@ -74,3 +76,26 @@ async def test_api_tokens(store: SQLiteStore) -> None:
     await store.add_api_token(bob.id, "again", "def")
     await store.remove_account("bob@example.test")
     assert await store.list_api_tokens(bob.id) == []  # gone with the account
+
+
+async def test_deep_pages_match_offset_pages(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from mailhouse.web import mail as web_mail
+
+    bob = await store.add_account("bob@example.test", "h")
+    t = LocalTarget(bob.id, bob.address, bob.address)
+    for i in range(40):
+        await store.append(t, msg(i, f"m{i}"))
+    inbox = await store.get_folder(bob.id, "INBOX")
+    assert inbox is not None
+    # Gaps in the UIDs, as expunges leave them.
+    await store.store_flags(inbox.id, [3, 4, 20], "add", {"\\Deleted"})
+    await store.expunge(inbox.id)
+    inbox = await store.get_folder(bob.id, "INBOX")
+    assert inbox is not None
+    monkeypatch.setattr(web_mail, "DEEP_OFFSET", 0)
+    m = web_mail.Mail(SimpleNamespace(store=store), "http")  # type: ignore[arg-type]
+    for offset in (0, 1, 10, 30, 36, 37, 50):
+        want = [x.uid for x in await store.list_messages_page(inbox.id, 7, offset)]
+        assert [x.uid for x in await m.page(inbox, 7, offset)] == want, offset
