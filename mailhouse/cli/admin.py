@@ -59,17 +59,24 @@ async def cmd_domain_records(config: Config, args: argparse.Namespace) -> None:
     print_records(records, as_json=args.json)
 
 
-async def cmd_user_add(config: Config, args: argparse.Namespace) -> None:
+async def _set_password(config: Config, args: argparse.Namespace, *, new: bool) -> None:
+    """user add / user password: the given password, or a generated one printed once."""
     address = check_address(args.address)
     password = read_password(args)
     generated = password is None
-    if password is None:
-        password = generate_password()
+    password = password or generate_password()
     async with store_for(config) as store:
-        await store.add_account(address, hash_password(password))
-    print(f"user {address} added")
+        if new:
+            await store.add_account(address, hash_password(password))
+        else:
+            await store.set_password(address, hash_password(password))
+    print(f"user {address} added" if new else f"password of {address} changed")
     if generated:
         print(f"password: {password}")
+
+
+async def cmd_user_add(config: Config, args: argparse.Namespace) -> None:
+    await _set_password(config, args, new=True)
 
 
 async def cmd_user_list(config: Config, args: argparse.Namespace) -> None:
@@ -90,16 +97,7 @@ async def cmd_user_remove(config: Config, args: argparse.Namespace) -> None:
 
 
 async def cmd_user_password(config: Config, args: argparse.Namespace) -> None:
-    address = check_address(args.address)
-    password = read_password(args)
-    generated = password is None
-    if password is None:
-        password = generate_password()
-    async with store_for(config) as store:
-        await store.set_password(address, hash_password(password))
-    print(f"password of {address} changed")
-    if generated:
-        print(f"password: {password}")
+    await _set_password(config, args, new=False)
 
 
 async def cmd_alias_add(config: Config, args: argparse.Namespace) -> None:
