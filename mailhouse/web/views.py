@@ -168,6 +168,37 @@ def _row(folder: Folder, msg: Message) -> dict[str, Any]:
     }
 
 
+_REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|sv|tr|wg)\s*(?:\[\d+\])?\s*:\s*)+", re.I)
+
+
+def thread_key(subject: str | None) -> str | None:
+    """The conversation a subject belongs to (RFC 5256's base subject, simplified):
+    reply and forward prefixes removed, case and spacing folded. None: no grouping."""
+    base = " ".join(_REPLY_PREFIX.sub("", subject or "").split()).lower()
+    return base or None
+
+
+def group_threads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows (newest first) folded into one row per conversation: its newest message,
+    how many the page holds, unread if any of them is."""
+    out: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = thread_key(r.get("subject"))
+        head = seen.get(key) if key is not None else None
+        if head is None:
+            head = {**r, "thread_count": 1}
+            out.append(head)
+            if key is not None:
+                seen[key] = head
+            continue
+        head["thread_count"] += 1
+        head["seen"] = head["seen"] and r["seen"]
+        head["flagged"] = head["flagged"] or r["flagged"]
+        head["has_attachments"] = head.get("has_attachments") or r.get("has_attachments")
+    return out
+
+
 def short_date(ts: float | int | None) -> str:
     if ts is None:
         return ""
@@ -263,13 +294,19 @@ async def mailbox(request: Request) -> Response:
     pageno = min(pageno, pages)
     msgs = await mail.page(folder, PAGE_SIZE, (pageno - 1) * PAGE_SIZE)
     first = (pageno - 1) * PAGE_SIZE + 1 if msgs else 0
+    threads = "on" if request.query_params.get("threads") == "on" else None
+    rows = [_row(folder, m) for m in msgs]
+    if threads:
+        rows = group_threads(rows)
     return await page(
         request, "list.html", current=folder.name, title=folder.name, folder=folder.name,
-        rows=[_row(folder, m) for m in msgs], total=total, unseen=counts[1], pageno=pageno, pages=pages,
+        rows=rows, total=total, unseen=counts[1], pageno=pageno, pages=pages,
         first=first, last=first + len(msgs) - 1 if msgs else 0,
-        newer=folder_url(folder.name, page=pageno - 1) if pageno > 1 else None,
-        older=folder_url(folder.name, page=pageno + 1) if pageno < pages else None,
-        back=folder_url(folder.name, page=pageno), search=None, trash=folder.special_use == "\\Trash",
+        newer=folder_url(folder.name, page=pageno - 1, threads=threads) if pageno > 1 else None,
+        older=folder_url(folder.name, page=pageno + 1, threads=threads) if pageno < pages else None,
+        back=folder_url(folder.name, page=pageno, threads=threads), search=None,
+        trash=folder.special_use == "\\Trash", threads=threads,
+        threads_toggle=folder_url(folder.name, page=pageno, threads=None if threads else "on"),
     )
 
 

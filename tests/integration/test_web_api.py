@@ -388,3 +388,28 @@ def test_compose_send_draft_and_reply(srv: MailServer, tmp_path: Path) -> None:
     # A bad address comes back to the form with the text kept.
     r = a.post("/compose", data={"_csrf": acsrf, "action": "send", "to": "nobody", "body": "keep me"})
     assert r.status_code == 400 and "keep me" in r.text
+
+
+def test_list_grouped_by_conversation(srv: MailServer) -> None:
+    deliver(srv, BOB[0], "Lunch plans", "first")
+    deliver(srv, BOB[0], "Re: Lunch plans", "second")
+    deliver(srv, BOB[0], "RE: re:  lunch   PLANS", "third")
+    c, _ = login(srv)
+    flat = c.get("/mail/INBOX").text
+    assert flat.count("unch plans") + flat.count("lunch   PLANS") >= 3 and "Group by conversation" in flat
+    grouped = c.get("/mail/INBOX", params={"threads": "on"}).text
+    assert 'title="3 messages in this conversation"' in grouped
+    assert "Show every message" in grouped and "Lunch plans</span>" not in grouped.split("3 messages")[1]
+
+
+def test_thread_keys() -> None:
+    from mailhouse.web.views import group_threads, thread_key
+
+    assert thread_key("Re: Fwd: AW: [x]") == "[x]"
+    assert thread_key("  Re:   Hello   World ") == thread_key("hello world")
+    assert thread_key("") is None and thread_key("Re:") is None
+    rows = [{"subject": s, "seen": seen, "flagged": False} for s, seen in
+            (("Re: a", True), ("b", True), ("a", False), ("", True), ("", True))]
+    out = group_threads(rows)
+    assert [(r["subject"], r["thread_count"], r["seen"]) for r in out] == [
+        ("Re: a", 2, False), ("b", 1, True), ("", 1, True), ("", 1, True)]
