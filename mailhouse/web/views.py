@@ -412,6 +412,48 @@ async def frame(request: Request) -> Response:
     })
 
 
+async def journey(request: Request) -> Response:
+    """The message's journey on this server, as `mailhouse trace` tells it: for the
+    sender, where each recipient's copy is; for a recipient, how it reached them."""
+    from ..cli.trace import describe
+
+    _, account = require(request)
+    web = _web(request)
+    ident = request.path_params["id"]
+    folder, msg = await web.mail.get(account, ident)
+    events = []
+    # A copy saved by a client (Sent over IMAP, the webmail's own) has no queue id:
+    # the Message-ID ties it to the journey of what was sent.
+    mid = msg.message_id or str(msg.parse.get("message_id") or "").strip().strip("<>")
+    if mid:
+        events = await web.ctx.store.journey(mid)
+    if msg.queue_id and not events:
+        events = await web.ctx.store.journey(msg.queue_id)
+    mine = account.address.lower()
+    is_sender = any(e.kind == "received" and str(e.data.get("auth_user") or "").lower() == mine for e in events)
+    shown = []
+    for e in events:
+        owner = e.data.get("account")
+        if not is_sender and e.kind in ("delivered", "read") and str(owner or "").lower() != mine:
+            continue  # another recipient's copy is theirs to see
+        lines = describe(e)
+        shown.append({"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(e.time)), "queue_id": e.queue_id,
+                      "kind": e.kind, "head": lines[0], "more": lines[1:]})
+    copies = []
+    if is_sender:
+        for qid in dict.fromkeys(e.queue_id for e in events if e.kind == "queued"):
+            entry = await web.ctx.store.get_queue_entry(qid)
+            if entry is None:
+                continue
+            for r in entry.recipients:
+                copies.append({"address": r.address, "state": r.state, "reply": r.last_reply or "",
+                               "next": "held" if entry.held else short_date(entry.next_attempt)})
+    return await page(
+        request, "journey.html", current=folder.name, title="Journey", m=_row(folder, msg), events=shown,
+        copies=copies, back=f"/m/{ident}",
+    )
+
+
 async def original(request: Request) -> Response:
     _, account = require(request)
     mail: Mail = _web(request).mail
@@ -715,6 +757,7 @@ def routes() -> list[Route]:
         Route("/m/{id}", _guard(show), methods=["GET"]),
         Route("/m/{id}/frame", _guard(frame), methods=["GET"]),
         Route("/m/{id}/original", _guard(original), methods=["GET"]),
+        Route("/m/{id}/journey", _guard(journey), methods=["GET"]),
         Route("/act", _guard(act), methods=["POST"]),
         Route("/compose", _guard(compose_form), methods=["GET"]),
         Route("/compose", _guard(compose), methods=["POST"]),

@@ -413,3 +413,20 @@ def test_thread_keys() -> None:
     out = group_threads(rows)
     assert [(r["subject"], r["thread_count"], r["seen"]) for r in out] == [
         ("Re: a", 2, False), ("b", 1, True), ("", 1, True), ("", 1, True)]
+
+
+def test_journey_page_shows_each_recipients_copy(srv: MailServer) -> None:
+    c = api(srv)
+    r = c.post("/api/messages", json={"to": [ALICE[0], "far@remote.example"], "subject": "journey check",
+                                      "text": "where is it?"})
+    assert r.status_code == 202, r.text
+    sent = by_subject(c, "journey check", "Sent")
+    web, _ = login(srv)
+    page = web.get(f"/m/{sent['id']}/journey").text
+    assert "Where each recipient" in page and "far@remote.example" in page
+    assert "on its http listener" in page and "delivered to " + ALICE[0] in page
+    # Alice, a recipient, sees how it reached her, not the other recipient's copy.
+    got = by_subject(api(srv, ALICE), "journey check")
+    alice, _ = login(srv, ALICE)
+    hers = alice.get(f"/m/{got['id']}/journey").text
+    assert "delivered to " + ALICE[0] in hers and "Where each recipient" not in hers

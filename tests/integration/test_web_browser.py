@@ -361,3 +361,17 @@ def test_hostile_html_never_runs(srv: MailServer, browser: Any) -> None:
             assert needle not in low, (r["subject"], needle, html)
     ctx.close()
     time.sleep(0)  # keep the module's server alive until here
+
+
+def test_journey_view(srv: MailServer, browser: Any) -> None:
+    deliver(srv, "Carol <carol@example.org>", BOB[0], "Where did it go", "Follow me.")
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    sign_in(page, srv)
+    page.get_by_role("link", name=re.compile("Where did it go")).first.click()
+    page.locator("#journey-link").click()
+    page.wait_for_url(re.compile(r".*/journey$"))
+    timeline = page.locator("ol.journey").inner_text()
+    assert "on its smtp listener" in timeline and "delivered to " + BOB[0] in timeline
+    shot(page, "desktop-journey")
+    ctx.close()
