@@ -364,6 +364,8 @@ async def show(request: Request) -> Response:
     if "\\Seen" not in msg.flags:
         await mail.set_flags(folder, msg.uid, ["\\Seen"], [])
         msg.flags.add("\\Seen")
+    if msg.queue_id:  # the journey's last step: its recipient read it
+        await _web(request).ctx.store.note_first_read(msg.queue_id, msg.message_id, account.address, "HTTP")
     raw = await mail.raw(msg)
     images = request.query_params.get("images") == "1"
     r = render.render(raw, msg.parse, allow_remote=images)

@@ -207,6 +207,9 @@ def test_retry_then_delivered_when_far_side_comes_up(tmp_path: Path) -> None:
             wait_for(lambda: peer.messages, timeout=30)
             wait_for(lambda: queue(crepes) == [])
             assert b"wait for it" in peer.messages[0].data
+        trace = crepes.cli("trace", entry["id"]).stdout.decode()
+        assert "outcome: connection-failed" in trace and "Connection refused" in trace
+        assert "outcome: delivered" in trace and "removed from the queue" in trace
 
 
 def test_lifetime_expiry_bounces(tmp_path: Path) -> None:
@@ -224,6 +227,9 @@ def test_lifetime_expiry_bounces(tmp_path: Path) -> None:
         subjects = [r["subject"] for r in inbox(crepes, "alice@crepes.fr")]
         assert subjects.count("Delayed Mail (still being retried)") == 1  # warned once
         wait_for(lambda: queue(crepes) == [])
+        qid = json.loads(crepes.cli("trace", "--json", raw.split(b"X-Mailhouse-Queue-ID: ")[1].split(b"\r\n")[0].decode()).stdout)
+        kinds = [e["kind"] for e in qid]
+        assert "bounced" in kinds and "dsn-delayed" in kinds and kinds[-1] == "removed"
 
 
 def test_queue_admin_hold_release_delete(tmp_path: Path) -> None:

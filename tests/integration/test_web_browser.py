@@ -373,5 +373,6 @@ def test_journey_view(srv: MailServer, browser: Any) -> None:
     page.wait_for_url(re.compile(r".*/journey$"))
     timeline = page.locator("ol.journey").inner_text()
     assert "on its smtp listener" in timeline and "delivered to " + BOB[0] in timeline
+    assert "first read by " + BOB[0] + " over HTTP" in timeline
     shot(page, "desktop-journey")
     ctx.close()
