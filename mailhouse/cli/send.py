@@ -54,9 +54,7 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        raise CommandError("internal: password read elsewhere")
+def _env_password() -> str:
     pw = os.environ.get("MAILHOUSE_PASSWORD")
     if not pw:
         raise CommandError("no password: give --password-stdin or set $MAILHOUSE_PASSWORD")
@@ -83,7 +81,7 @@ async def cmd_send(config: Config, args: argparse.Namespace) -> None:
         lines = sys.stdin.read().split("\n", 1)
         password, body = lines[0].rstrip("\r"), (lines[1] if len(lines) > 1 else "")
     else:
-        password, body = _password(args), sys.stdin.read()
+        password, body = _env_password(), sys.stdin.read()
     if not password:
         raise CommandError("the password is empty")
     for addr in [args.sender, *args.to, *(args.cc or []), *(args.bcc or [])]:

@@ -27,7 +27,6 @@ logger = log.get("smtpd")
 READ_SIZE = 64 * 1024
 MAX_BUFFERED_INPUT = 1024 * 1024
 SHUTDOWN_GRACE = 10.0
-ANALYZE_INLINE_MAX = 64 * 1024  # larger: parse in a thread so the loop keeps turning
 
 
 class SMTPSession(asyncio.BufferedProtocol):

@@ -164,7 +164,7 @@ class SMTPDeliverer:
             self._reaper.cancel()
 
     # ------------------------------------------------------------------ connect
-    def _tls_context(self, policy: str, host: str) -> ssl.SSLContext:
+    def _tls_context(self, policy: str) -> ssl.SSLContext:
         if policy == "verify":
             return ssl.create_default_context()
         ctx = ssl.create_default_context()
@@ -173,7 +173,7 @@ class SMTPDeliverer:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    async def _open(self, hop: Hop, address: str, policy: str, events: list[tuple[str, dict[str, Any]]]) -> Connection:
+    async def _open(self, hop: Hop, address: str, policy: str) -> Connection:
         port = hop.port
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
@@ -193,7 +193,7 @@ class SMTPDeliverer:
                     await conn.flush()
                     try:
                         async with asyncio.timeout(self.settings.connect_timeout):
-                            await writer.start_tls(self._tls_context(policy, hop.host), server_hostname=hop.host)
+                            await writer.start_tls(self._tls_context(policy), server_hostname=hop.host)
                     except (ssl.SSLError, OSError, TimeoutError) as e:
                         raise HopFailed(f"TLS handshake with {hop.host}[{address}] failed: {e}", machine.transcript) from None
                     obj = writer.get_extra_info("ssl_object")
@@ -245,7 +245,7 @@ class SMTPDeliverer:
                             except StaleConnection:
                                 event["reused_connection"] = False
                         if conn is None or outcome is None:
-                            conn = await self._open(hop, address, policy, att.events)
+                            conn = await self._open(hop, address, policy)
                             outcome = await self._transaction(conn, entry, recipients, body)
                     except HopFailed as e:
                         failures.append(str(e))

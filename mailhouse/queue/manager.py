@@ -181,10 +181,11 @@ class QueueManager:
         remote_mta: dict[int, str | None] = {}
         passed_on: dict[int, bool] = {}
         events: list[tuple[str, dict[str, Any]]] = []
-        if count_received(source) > MAX_RECEIVED:
+        received = count_received(source)
+        if received > MAX_RECEIVED:
             for r in pending:
                 results[r.id] = RecipientResult("failed", f"mail forwarding loop: more than {MAX_RECEIVED} Received headers", "5.4.6")
-            events.append(("loop", {"received_headers": count_received(source)}))
+            events.append(("loop", {"received_headers": received}))
         else:
             by_domain: dict[str, list[QueueRecipient]] = defaultdict(list)
             for r in pending:

@@ -381,12 +381,6 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._read_conn()))
 
-    def _quick(self, sql: str, args: tuple[Any, ...]) -> Any:
-        if self._reader is None:
-            raise StoreError("store is not open")
-        with self._reader_lock:
-            return self._reader.execute(sql, args).fetchone()
-
     SNAPSHOT_CHECK_INTERVAL = 0.1
 
     def _snapshot(self) -> None:
