@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from mailhouse.store import sqlite as sq
+from mailhouse.store.sqlite import blobs
 from mailhouse.store.models import Incoming, LocalTarget
 
 
@@ -27,8 +28,8 @@ async def run(mode: str, messages: int, size: int, concurrency: int) -> float:
         await store.add_domain("bench.test")
         acc = await store.add_account("rcpt@bench.test", "x")
         body = b"Subject: bench\r\n\r\n" + b"x" * (size - 20) + b"\r\n"
-        old = sq.INLINE_MAX
-        sq.INLINE_MAX = 1 << 30 if mode == "inline" else -1
+        old = blobs.INLINE_MAX
+        blobs.INLINE_MAX = 1 << 30 if mode == "inline" else -1
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
@@ -43,7 +44,7 @@ async def run(mode: str, messages: int, size: int, concurrency: int) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(messages)))
         elapsed = time.perf_counter() - start
-        sq.INLINE_MAX = old
+        blobs.INLINE_MAX = old
         commits = store.commits
         await store.close()
         print(f"  {mode:6s} concurrency {concurrency:3d}: {messages / elapsed:8.0f} msg/s  ({commits} commits)")

@@ -16,6 +16,10 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v mbsync >/dev/null || need_pkgs+=(isync)
 command -v mutt >/dev/null || need_pkgs+=(mutt)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
+command -v offlineimap >/dev/null || need_pkgs+=(offlineimap3)
+# POP3 clients: fetchmail and getmail6.
+command -v fetchmail >/dev/null || need_pkgs+=(fetchmail)
+command -v getmail >/dev/null || need_pkgs+=(getmail6)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need_pkgs[*]}"
     # Postfix as a tool and a test peer only: no system configuration, nothing on port 25.

@@ -1,0 +1,38 @@
+"""The journey log: events keyed by queue id and Message-ID."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from ..models import (
+    JourneyEvent,
+)
+from .engine import Engine, _now
+
+
+class JourneyStore(Engine):
+    async def add_event(
+        self, queue_id: str, kind: str, data: dict[str, object], message_id: str | None = None
+    ) -> None:
+        now = _now()
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)",
+                (queue_id, message_id, now, kind, json.dumps(data)),
+            )
+        )
+
+    async def journey(self, ident: str) -> list[JourneyEvent]:
+        mid = ident.strip().removeprefix("<").removesuffix(">")
+
+        def fn(c: sqlite3.Connection) -> list[JourneyEvent]:
+            rows = c.execute(
+                "SELECT queue_id, message_id, time, kind, data FROM journey "
+                "WHERE queue_id = ? OR message_id = ? ORDER BY time, id",
+                (ident, mid),
+            ).fetchall()
+            return [JourneyEvent(q, m, t, k, json.loads(d)) for q, m, t, k, d in rows]
+
+        return await self._read(fn)
+

@@ -1,0 +1,237 @@
+"""Folders and messages as rows; delivery and APPEND write them; listeners hear of changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..base import BlobWriter, NotFound
+from ..models import (
+    Change,
+    Delivered,
+    Folder,
+    Incoming,
+    LocalTarget,
+    Message,
+    bits_to_flags,
+    flags_to_bits,
+)
+from .blobs import SpoolBlob
+from .engine import Engine, _folder_name, _now
+
+
+class MessageStore(Engine):
+    # ------------------------------------------------------------------ folders, messages
+    _FOLDER_SQL = (
+        "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM folders"
+    )
+
+    @staticmethod
+    def _folder(r: tuple[Any, ...]) -> Folder:
+        return Folder(
+            id=r[0], account_id=r[1], name=r[2], special_use=r[3], uidvalidity=r[4], uidnext=r[5],
+            highestmodseq=r[6], subscribed=bool(r[7]),
+        )
+
+    async def list_folders(self, account_id: int) -> list[Folder]:
+        return await self._read(
+            lambda c: [
+                self._folder(r)
+                for r in c.execute(self._FOLDER_SQL + " WHERE account_id = ? ORDER BY name != 'INBOX', name", (account_id,))
+            ]
+        )
+
+    async def get_folder(self, account_id: int, name: str) -> Folder | None:
+        def fn(c: sqlite3.Connection) -> Folder | None:
+            r = c.execute(self._FOLDER_SQL + " WHERE account_id = ? AND name = ?", (account_id, _folder_name(name))).fetchone()
+            return self._folder(r) if r else None
+
+        return await self._read(fn)
+
+    _MESSAGE_SQL = (
+        "SELECT id, folder_id, uid, internal_date, size, flags, keywords, modseq, queue_id, message_id, parse, blob_id "
+        "FROM messages"
+    )
+
+    @staticmethod
+    def _message(r: tuple[Any, ...]) -> Message:
+        return Message(
+            id=r[0], folder_id=r[1], uid=r[2], internal_date=r[3], size=r[4],
+            flags=bits_to_flags(r[5], r[6]), modseq=r[7], queue_id=r[8], message_id=r[9],
+            parse=json.loads(r[10]), blob_id=r[11],
+        )
+
+    async def list_messages(self, folder_id: int) -> list[Message]:
+        return await self._read(
+            lambda c: [self._message(r) for r in c.execute(self._MESSAGE_SQL + " WHERE folder_id = ? ORDER BY uid", (folder_id,))]
+        )
+
+    async def get_message(self, folder_id: int, uid: int) -> Message | None:
+        def fn(c: sqlite3.Connection) -> Message | None:
+            r = c.execute(self._MESSAGE_SQL + " WHERE folder_id = ? AND uid = ?", (folder_id, uid)).fetchone()
+            return self._message(r) if r else None
+
+        return await self._read(fn)
+
+    async def read_blob(self, blob_id: int) -> bytes:
+        def fn(c: sqlite3.Connection) -> bytes:
+            r = c.execute("SELECT data, path FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if r is None:
+                raise NotFound(f"no blob {blob_id}")
+            if r[0] is not None:
+                return bytes(r[0])
+            return (self.blob_dir / str(r[1])).read_bytes()
+
+        return await self._read(fn)
+
+    def new_blob(self) -> SpoolBlob:
+        return SpoolBlob(self.blob_dir)
+
+    def _insert_blob(self, c: sqlite3.Connection, blob: SpoolBlob) -> int:
+        if blob.spooled:
+            assert blob.path is not None
+            rel = str(blob.path.relative_to(self.blob_dir))
+            cur = c.execute("INSERT INTO blobs(size, data, path) VALUES (?, NULL, ?)", (blob.size, rel))
+        else:
+            cur = c.execute("INSERT INTO blobs(size, data) VALUES (?, ?)", (blob.size, blob.inline_bytes()))
+        return int(cur.lastrowid or 0)
+
+    @staticmethod
+    def _insert_message(
+        c: sqlite3.Connection, target: LocalTarget, blob_id: int, size: int, parse_json: str,
+        internal_date: float, flags: Iterable[str], queue_id: str | None, message_id: str | None,
+    ) -> Delivered:
+        row = c.execute(
+            "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = ?",
+            (target.account_id, _folder_name(target.folder)),
+        ).fetchone()
+        if row is None:  # a filing rule named a folder that is gone: INBOX never is
+            row = c.execute(
+                "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = 'INBOX'",
+                (target.account_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"account {target.address} no longer exists")
+        fid, uid, modseq, fname = row
+        modseq += 1
+        c.execute("UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid + 1, modseq, fid))
+        bits, keywords = flags_to_bits(set(flags))
+        c.execute(
+            "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
+            "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (fid, uid, blob_id, internal_date, size, bits, keywords, modseq, queue_id, message_id, parse_json),
+        )
+        return Delivered(target.account_id, target.address, fname, uid, fid)
+
+    def _deliver_tx(self, c: sqlite3.Connection, blob: SpoolBlob, incoming: Incoming, parse_json: str) -> list[Delivered]:
+        now = _now()
+        blob_id = self._insert_blob(c, blob)
+        out = [
+            self._insert_message(
+                c, t, blob_id, blob.size, parse_json, incoming.internal_date, incoming.flags,
+                incoming.queue_id, incoming.message_id,
+            )
+            for t in incoming.local
+        ]
+        if incoming.remote:
+            c.execute(
+                "INSERT INTO queue(id, blob_id, sender, message_id, created, next_attempt, ret, envid, "
+                "body_type, smtputf8, auth_user) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (incoming.queue_id, blob_id, incoming.sender, incoming.message_id, now, now,
+                 incoming.ret, incoming.envid, incoming.body_type, int(incoming.smtputf8), incoming.auth_user),
+            )
+            c.executemany(
+                "INSERT INTO queue_recipients(queue_id, address, orcpt, notify, updated) VALUES (?,?,?,?,?)",
+                [(incoming.queue_id, r.address, r.orcpt, r.notify, now) for r in incoming.remote],
+            )
+        events = list(incoming.events)
+        events += [("delivered", {"account": d.address, "folder": d.folder, "uid": d.uid}) for d in out]
+        if incoming.remote:
+            events.append(("queued", {"recipients": [r.address for r in incoming.remote]}))
+        self._insert_events(c, incoming.queue_id, incoming.message_id, events, now)
+        return out
+
+    @staticmethod
+    def _insert_events(
+        c: sqlite3.Connection, queue_id: str, message_id: str | None,
+        events: list[tuple[str, dict[str, Any]]], now: float,
+    ) -> None:
+        c.executemany(
+            "INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)",
+            [(queue_id, message_id, now, k, json.dumps(d)) for k, d in events],
+        )
+
+    async def _prepare(self, blob: BlobWriter) -> SpoolBlob:
+        assert isinstance(blob, SpoolBlob)
+        if blob.spooled:
+            await asyncio.get_running_loop().run_in_executor(None, blob.sync)
+        return blob
+
+    async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:
+        sb = await self._prepare(blob)
+        parse_json = json.dumps(incoming.parse, separators=(",", ":"))
+        try:
+            out = await self._write(lambda c: self._deliver_tx(c, sb, incoming, parse_json))
+        finally:
+            sb.close_file()
+        self._publish([Change(d.account_id, d.folder_id, "exists") for d in out])
+        return out
+
+    async def append(
+        self,
+        target: LocalTarget,
+        raw: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+        parse: dict[str, Any] | None = None,
+    ) -> Delivered:
+        from ...mime.structure import analyze
+
+        blob = self.new_blob()
+        blob.write(raw)
+        if blob.spooled:
+            await asyncio.get_running_loop().run_in_executor(None, blob.sync)
+        parse_json = json.dumps(parse if parse is not None else analyze(raw), separators=(",", ":"))
+        when = internal_date if internal_date is not None else _now()
+        flag_list = list(flags)
+
+        def fn(c: sqlite3.Connection) -> Delivered:
+            blob_id = self._insert_blob(c, blob)
+            return self._insert_message(c, target, blob_id, blob.size, parse_json, when, flag_list, None, None)
+
+        try:
+            d = await self._write(fn)
+        finally:
+            blob.close_file()
+        self._publish([Change(d.account_id, d.folder_id, "exists")])
+        return d
+
+    # ------------------------------------------------------------------ mailbox operations
+    def subscribe_changes(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        self._change_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._change_listeners.remove(callback)
+
+        return unsubscribe
+
+    def _publish(self, changes: list[Change]) -> None:
+        for ch in changes:
+            for cb in list(self._change_listeners):
+                try:
+                    cb(ch)
+                except Exception:  # a listener's bug must not undo a delivery
+                    pass
+
+    def _blob_bytes(self, data: bytes | None, path: str | None, limit: int | None = None) -> bytes:
+        if data is not None:
+            return bytes(data)
+        with open(self.blob_dir / str(path), "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+
