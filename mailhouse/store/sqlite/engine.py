@@ -52,6 +52,9 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None
     future: Any  # asyncio.Future or concurrent.futures.Future
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # False for changes a crash may undo without harm (flags, read marks, journey
+    # notes): a batch of only such jobs commits without waiting for an fsync.
+    durable: bool = True
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -80,6 +83,7 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_lock = threading.Lock()
+        self._sync_full = True  # the writer connection's synchronous mode
         self.commits = 0  # for the benchmark: how many transactions carried the writes
         # Recipient lookups run for every RCPT: they read an in-memory snapshot of
         # domains, accounts and aliases, reloaded when the directory counter (moved by
@@ -172,6 +176,13 @@ class Engine:
         """All jobs in one transaction; if one fails, each again in its own, so a
         failing job sinks only itself (cheaper than a savepoint per job)."""
         try:
+            # WAL with synchronous=NORMAL commits without fsync; the frames become
+            # durable at the next FULL commit (which fsyncs the whole WAL) or the
+            # next checkpoint. So a relaxed batch never weakens a durable one.
+            durable = any(j.durable for j in batch)
+            if durable != self._sync_full:
+                conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+                self._sync_full = durable
             conn.execute("BEGIN IMMEDIATE")
             results: list[tuple[_Job, Any, BaseException | None]] = [(j, j.fn(conn), None) for j in batch]
             orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING path").fetchall()
@@ -212,13 +223,17 @@ class Engine:
             job.loop.call_soon_threadsafe(settle)
 
     async def _write(
-        self, fn: Callable[[sqlite3.Connection], T], after_commit: list[Callable[[], None]] | None = None
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        after_commit: list[Callable[[], None]] | None = None,
+        *,
+        durable: bool = True,
     ) -> T:
         if self._writer is None:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, fut, after_commit or []))
+        self._jobs.put(_Job(fn, loop, fut, after_commit or [], durable))
         # Shielded: a cancelled caller (client gone) must not hide a commit's outcome.
         try:
             return await asyncio.shield(fut)

@@ -192,7 +192,9 @@ class MailboxStore(MessageStore):
                     changed.append(FlagChange(uid, bits_to_flags(nbits, kws), modseq))
             return account, changed, failed
 
-        account, changed, failed = await self._write(fn)
+        # Flags are not worth an fsync each (Dovecot does not either): a crash may
+        # lose the last changes, which the next durable commit would have carried.
+        account, changed, failed = await self._write(fn, durable=False)
         if changed:
             self._publish([Change(account, folder_id, "flags")])
         return changed, failed
@@ -521,5 +523,5 @@ class MailboxStore(MessageStore):
             self._insert_events(c, queue_id, message_id, [("read", {"account": account, "protocol": protocol})], now)
             return True
 
-        return await self._write(fn)
+        return await self._write(fn, durable=False)
 

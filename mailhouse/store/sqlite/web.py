@@ -152,5 +152,7 @@ class WebStore(MessageStore):
         )
 
     async def touch_api_token(self, token_id: int, when: float) -> None:
-        await self._write(lambda c: c.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (when, token_id)))
+        await self._write(
+            lambda c: c.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (when, token_id)), durable=False
+        )
 
