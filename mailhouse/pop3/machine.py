@@ -176,7 +176,10 @@ class POP3Connection:
                 head, body = raw, b""
             else:
                 head, body = raw[: end + 4], raw[end + 4 :]
-            kept = body.split(b"\r\n")[:lines] if lines > 0 else []
+            body_lines = body.split(b"\r\n")
+            if body_lines[-1] == b"":  # the CRLF ending the last line starts no new line
+                body_lines.pop()
+            kept = body_lines[:lines] if lines > 0 else []
             raw = head + b"\r\n".join(kept) + (b"\r\n" if kept else b"")
         self._ok("message follows")
         if raw.startswith(b"."):

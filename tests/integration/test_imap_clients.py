@@ -1,9 +1,11 @@
-"""Real IMAP clients from Debian against `mailhouse serve`: mbsync (isync)
-syncing every folder to a Maildir and back, and mutt driven in tmux.
-Skipped when the client is not installed (apt-get install isync mutt tmux)."""
+"""Real IMAP clients from Debian against `mailhouse serve`: mbsync (isync) and
+offlineimap3 syncing every folder to a Maildir and back, and mutt driven in tmux.
+Skipped when the client is not installed (apt-get install isync offlineimap3 mutt tmux)."""
 
 from __future__ import annotations
 
+import email
+import imaplib
 import json
 import os
 import shutil
@@ -22,15 +24,18 @@ from tests.world import MailServer
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
     s = MailServer(tmp_path_factory.mktemp("clients"), "clients.test", listeners=("smtp", "imap", "imaps"))
     s.cli("user", "add", "bob@clients.test", "--password", "pw")
+    s.cli("user", "add", "carol@clients.test", "--password", "pw")  # offlineimap's own account
     with s:
         with smtplib.SMTP("127.0.0.1", s.port("smtp"), timeout=10) as c:
-            for i in range(3):
-                c.sendmail("a@example.org", ["bob@clients.test"], b"Subject: sync %d\r\n\r\nbody %d\r\n" % (i, i))
+            for user in ("bob", "carol"):
+                for i in range(3):
+                    c.sendmail("a@example.org", [f"{user}@clients.test"],
+                               b"Subject: sync %d\r\n\r\nbody %d\r\n" % (i, i))
         yield s
 
 
-def _rows(srv: MailServer, folder: str = "INBOX") -> list[dict[str, object]]:
-    out = srv.cli("mailbox", "list", "bob@clients.test", "--folder", folder, "--json").stdout
+def _rows(srv: MailServer, folder: str = "INBOX", user: str = "bob@clients.test") -> list[dict[str, object]]:
+    out = srv.cli("mailbox", "list", user, "--folder", folder, "--json").stdout
     rows: list[dict[str, object]] = json.loads(out)
     return rows
 
@@ -89,6 +94,111 @@ SyncState *
     assert len(rows) == 2
     assert any("\\Seen" in str(r["flags"]) for r in rows)
     sync()  # a second run finds nothing to do and still succeeds
+
+
+def _maildir(folder: Path) -> dict[str, str]:
+    """A local Maildir folder as {subject: maildir flags} (the ":2," info, sorted)."""
+    out: dict[str, str] = {}
+    for sub in ("cur", "new"):
+        for p in (folder / sub).iterdir():
+            subject = str(email.message_from_bytes(p.read_bytes())["Subject"])
+            assert subject not in out, f"{subject!r} twice in {folder}"
+            out[subject] = "".join(sorted(p.name.partition(":2,")[2]))
+    return out
+
+
+def _subjects_flags(rows: list[dict[str, object]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        flags = r["flags"]
+        assert isinstance(flags, list)
+        out[str(r["subject"])] = sorted(str(f) for f in flags)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("offlineimap") is None, reason="offlineimap (offlineimap3) is not installed")
+def test_offlineimap_both_ways(srv: MailServer, tmp_path: Path) -> None:
+    user = "carol@clients.test"
+    # A nested folder on the server side: it must come down as Lists.python.
+    imap = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=10)
+    imap.login(user, "pw")
+    assert imap.create("Lists/python")[0] == "OK"
+    assert imap.append("Lists/python", "(\\Flagged)", None, b"Subject: nested\r\n\r\nlist mail\r\n")[0] == "OK"
+    imap.logout()
+
+    maildir = tmp_path / "mail"
+    rc = tmp_path / "offlineimaprc"
+    rc.write_text(
+        f"""[general]
+accounts = carol
+metadata = {tmp_path / "meta"}
+ui = basic
+
+[Account carol]
+localrepository = local
+remoterepository = remote
+
+[Repository local]
+type = Maildir
+localfolders = {maildir}
+
+[Repository remote]
+type = IMAP
+remotehost = localhost
+remoteport = {srv.port("imaps")}
+remoteuser = {user}
+remotepass = pw
+ssl = yes
+sslcacertfile = {srv.data_dir / "cert.pem"}
+"""
+    )
+    env = dict(os.environ, HOME=str(tmp_path))
+
+    def sync() -> None:
+        # -o: one run; offlineimap exits non-zero when any folder failed.
+        r = subprocess.run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], capture_output=True,
+                           timeout=20, text=True, env=env)
+        assert r.returncode == 0 and "ERROR" not in r.stdout + r.stderr, (
+            r.stdout + r.stderr + srv.log()[-3000:])
+
+    sync()
+    assert _maildir(maildir / "INBOX") == {"sync 0": "", "sync 1": "", "sync 2": ""}
+    assert _maildir(maildir / "Lists.python") == {"nested": "F"}
+    for special in ("Archive", "Drafts", "Junk", "Sent", "Trash"):
+        assert (maildir / special / "cur").is_dir(), special
+
+    # Up: a new local message and a new local folder, one message marked seen, one deleted.
+    (maildir / "INBOX" / "new" / f"{int(time.time())}.1.local").write_bytes(b"Subject: from maildir\n\nhello\n")
+    work = maildir / "Work"
+    for sub in ("cur", "new", "tmp"):
+        (work / sub).mkdir(parents=True)
+    (work / "new" / f"{int(time.time())}.2.local").write_bytes(b"Subject: work item\n\nto do\n")
+    files = {str(email.message_from_bytes(p.read_bytes())["Subject"]): p
+             for p in (maildir / "INBOX").glob("*/*")}
+    seen = files["sync 0"]
+    seen.rename(seen.parent.parent / "cur" / (seen.name.partition(":2,")[0] + ":2,S"))
+    files["sync 1"].unlink()
+    sync()
+    assert _subjects_flags(_rows(srv, "INBOX", user)) == {
+        "sync 0": ["\\Seen"], "sync 2": [], "from maildir": []}
+    assert [r["subject"] for r in _rows(srv, "Work", user)] == ["work item"]
+
+    # Down: flag, delete and append on the server side.
+    imap = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=10)
+    imap.login(user, "pw")
+    imap.select("INBOX")
+    uids = {str(r["subject"]): str(r["uid"]) for r in _rows(srv, "INBOX", user)}
+    assert imap.uid("STORE", uids["sync 2"], "+FLAGS", "(\\Flagged \\Answered)")[0] == "OK"
+    assert imap.uid("STORE", uids["sync 0"], "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert imap.expunge()[0] == "OK"
+    assert imap.append("INBOX", "(\\Seen)", None, b"Subject: from server\r\n\r\nnew\r\n")[0] == "OK"
+    imap.logout()
+    sync()
+    assert _maildir(maildir / "INBOX") == {"sync 2": "FR", "from maildir": "", "from server": "S"}
+    sync()  # a further run finds nothing to do: no duplicates either way
+    assert len(_rows(srv, "INBOX", user)) == 3
+    assert _maildir(maildir / "INBOX") == {"sync 2": "FR", "from maildir": "", "from server": "S"}
+    assert _maildir(maildir / "Work") == {"work item": ""}
 
 
 @pytest.mark.skipif(

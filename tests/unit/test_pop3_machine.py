@@ -38,6 +38,8 @@ def test_rfc1939_session() -> None:
     msgs = {1: b"Subject: a\r\n\r\n.hidden dot\r\nline2\r\nline3\r\n"}
     assert drive(m, b"RETR 1\r\n", msgs) == b"+OK message follows\r\nSubject: a\r\n\r\n..hidden dot\r\nline2\r\nline3\r\n.\r\n"
     assert drive(m, b"TOP 1 1\r\n", msgs) == b"+OK message follows\r\nSubject: a\r\n\r\n..hidden dot\r\n.\r\n"
+    # More lines asked than the body has (fetchmail asks TOP n 99999999): exactly RETR's bytes.
+    assert drive(m, b"TOP 1 99\r\n", msgs) == drive(m, b"RETR 1\r\n", msgs)
     assert drive(m, b"DELE 1\r\n") == b"+OK message 1 deleted\r\n"
     assert drive(m, b"RETR 1\r\n") == b"-ERR no such message\r\n"
     assert drive(m, b"STAT\r\n") == b"+OK 1 200\r\n"
