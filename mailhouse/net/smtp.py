@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
 from typing import Any, cast
@@ -28,6 +27,24 @@ READ_SIZE = 64 * 1024
 MAX_BUFFERED_INPUT = 1024 * 1024
 SHUTDOWN_GRACE = 10.0
 
+# Event classes as module constants, for the type checks done per event.
+_DataChunk = sm.DataChunk
+_NEED_DATA = sm.NEED_DATA
+_WAITING = (sm.DataComplete, sm.AuthAttempt, sm.StartTLS)  # decisions that run as a task
+_ENDING = (sm.Quit, sm.ConnectionClosed)
+
+
+def machine_config(ctx: Context, submission: bool) -> sm.ServerConfig:
+    lim = ctx.config.limits
+    return sm.ServerConfig(
+        hostname=ctx.config.hostname,
+        submission=submission,
+        tls_available=ctx.tls is not None,
+        max_message_size=lim.max_message_size,
+        max_recipients=lim.max_recipients,
+        max_errors=lim.max_errors,
+    )
+
 
 class SMTPSession(asyncio.BufferedProtocol):
     """One connection. Events are handled inline from the protocol callbacks; only the
@@ -36,25 +53,21 @@ class SMTPSession(asyncio.BufferedProtocol):
     command: the cost per message stays in the tens of microseconds."""
 
     def __init__(
-        self, ctx: Context, listener: str, *, implicit_tls: bool, registry: set[SMTPSession] | None = None
+        self,
+        ctx: Context,
+        listener: str,
+        *,
+        implicit_tls: bool,
+        registry: set[SMTPSession] | None = None,
+        config: sm.ServerConfig | None = None,
     ) -> None:
         self.ctx = ctx
         self.registry = registry
         self.listener = listener
         self.submission = listener in ("submission", "submissions")
         self.implicit_tls = implicit_tls
-        lim = ctx.config.limits
-        self.machine = sm.ServerConnection(
-            sm.ServerConfig(
-                hostname=ctx.config.hostname,
-                submission=self.submission,
-                tls_available=ctx.tls is not None,
-                max_message_size=lim.max_message_size,
-                max_recipients=lim.max_recipients,
-                max_errors=lim.max_errors,
-            ),
-            tls_active=implicit_tls,
-        )
+        # The listener passes one config for all its sessions (nothing changes it).
+        self.machine = sm.ServerConnection(config or machine_config(ctx, self.submission), tls_active=implicit_tls)
         self._buf = bytearray(READ_SIZE)
         self._view = memoryview(self._buf)
         self._tls_pending: list[bytes] | None = None
@@ -68,6 +81,7 @@ class SMTPSession(asyncio.BufferedProtocol):
         self.tls: TLSInfo | None = None
         self.auth_user: str | None = None
         self.tx: Reception | None = None
+        self._client_info: Client | None = None  # _client(), until HELO, TLS or AUTH change it
         self.in_data = False
         self.messages = 0
         self.task: asyncio.Task[None] | None = None
@@ -85,10 +99,8 @@ class SMTPSession(asyncio.BufferedProtocol):
         self.done = loop.create_future()
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if peer else "unknown"
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport
+        # (and get_extra_info("socket") builds a socket object per connection).
         if self.implicit_tls:
             self._note_tls(transport)
         ip = self.peer_ip
@@ -166,7 +178,7 @@ class SMTPSession(asyncio.BufferedProtocol):
         try:
             while not self._closed:
                 ev = m.next_event()
-                if ev is sm.NEED_DATA:
+                if ev is _NEED_DATA:
                     self._flush()
                     if self._paused and self.transport is not None:
                         self._paused = False
@@ -176,14 +188,14 @@ class SMTPSession(asyncio.BufferedProtocol):
                         self._close()
                     return
                 self._last_activity = time.monotonic()
-                if isinstance(ev, sm.DataChunk):
+                if type(ev) is _DataChunk:
                     if self.tx is not None:
                         self.tx.feed(ev.data)
-                elif isinstance(ev, sm.DataComplete | sm.AuthAttempt | sm.StartTLS):
+                elif isinstance(ev, _WAITING):
                     self._busy = True
                     self.task = asyncio.get_running_loop().create_task(self._decide(ev))
                     return
-                elif isinstance(ev, sm.Quit | sm.ConnectionClosed):
+                elif isinstance(ev, _ENDING):
                     self._close()
                     return
                 else:
@@ -198,7 +210,10 @@ class SMTPSession(asyncio.BufferedProtocol):
 
     async def _decide(self, ev: Any) -> None:
         try:
-            await self._handle(ev)
+            if type(ev) is sm.DataComplete:
+                await self._data_complete()
+            else:
+                await self._handle(ev)
         except Exception:
             logger.exception("session with [%s] failed", self.peer_ip)
             self._send(format_reply(421, "4.3.0", f"{self.ctx.config.hostname} Error: internal error, closing"))
@@ -268,6 +283,7 @@ class SMTPSession(asyncio.BufferedProtocol):
         m = self.machine
         if isinstance(ev, sm.Hello):
             self.helo, self.esmtp = ev.name, ev.extended
+            self._client_info = None
         elif isinstance(ev, sm.MailFrom):
             self._end_transaction("new transaction")
             if self.auth_user is not None and not may_send_as(self.ctx, self.auth_user, ev.address):
@@ -298,7 +314,12 @@ class SMTPSession(asyncio.BufferedProtocol):
             await self._starttls()
 
     def _client(self) -> Client:
-        return Client(self.listener, self.peer_ip, self.helo, self.esmtp, self.tls, self.auth_user)
+        # One Client per session state, shared by its transactions (nothing
+        # changes a Client once made): HELO, TLS and AUTH make a new one.
+        c = self._client_info
+        if c is None:
+            c = self._client_info = Client(self.listener, self.peer_ip, self.helo, self.esmtp, self.tls, self.auth_user)
+        return c
 
     def _rcpt(self, ev: sm.RcptTo) -> None:
         assert self.tx is not None
@@ -341,6 +362,7 @@ class SMTPSession(asyncio.BufferedProtocol):
             m.auth_failed(temporary=result.locked)
             return
         self.auth_user = account.address
+        self._client_info = None
         logger.info("[%s]: authenticated as %s (%s)", self.peer_ip, account.address, ev.mechanism)
         m.auth_succeeded()
 
@@ -365,6 +387,7 @@ class SMTPSession(asyncio.BufferedProtocol):
         self.transport = new_transport
         self._note_tls(new_transport)
         self.helo, self.esmtp = "", False
+        self._client_info = None
         self.machine.tls_started()
         pending, self._tls_pending = self._tls_pending, None
         for chunk in pending or []:
@@ -403,8 +426,10 @@ class SMTPListener:
         if implicit and self.ctx.tls is None:
             raise RuntimeError("submissions needs TLS")
 
+        config = machine_config(self.ctx, self.name in ("submission", "submissions"))
+
         def factory() -> SMTPSession:
-            s = SMTPSession(self.ctx, self.name, implicit_tls=implicit, registry=self.sessions)
+            s = SMTPSession(self.ctx, self.name, implicit_tls=implicit, registry=self.sessions, config=config)
             self.sessions.add(s)
             return s
 

@@ -106,6 +106,11 @@ class Trust:
         self.limits = SendLimits(s.rate_limits, s.user_limits)
         self.greylist = Greylist(s.greylist_delay, s.greylist_expire, s.greylist_pass)
         self.connections = ConnectionRate(s.connections_per_minute, s.connection_exempt + s.trusted_networks)
+        # Per client address, whether it is in trusted_networks / exempt from the
+        # connection rate: parsing the address and walking the networks cost more
+        # than the rest of a trusted client's checks, on every message.
+        self._trusted_ips: dict[str, bool] = {}
+        self._exempt_ips: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ ownership
     def may_send_as(self, user: str, address: str) -> bool:
@@ -218,14 +223,19 @@ class Trust:
 
     # ------------------------------------------------------------------ MX
     def _trusted(self, ip: str) -> bool:
-        nets = self.settings.trusted_networks
-        if not nets:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in nets)
+        known = self._trusted_ips.get(ip)
+        if known is None:
+            known = _in_networks(ip, self.settings.trusted_networks)
+            _remember(self._trusted_ips, ip, known)
+        return known
+
+    def allow_connection(self, ip: str) -> bool:
+        """The connection rate, for addresses not exempt from it."""
+        exempt = self._exempt_ips.get(ip)
+        if exempt is None:
+            exempt = _in_networks(ip, self.connections.exempt)
+            _remember(self._exempt_ips, ip, exempt)
+        return exempt or self.connections.allow(ip)
 
     async def inbound(self, rec: Reception, view: memoryview) -> Refusal | None:
         try:
@@ -242,14 +252,19 @@ class Trust:
         view.release()  # the blob cannot grow or shrink while a view is held
         prefix = len(rec.assembler.prefix) if rec.assembler is not None else 0
         hend = dkim_mod.header_end(data)
+        s = self.settings
+        c = rec.client
+        check = s.inbound_checks and c.auth_user is None and not self._trusted(c.ip)
+        if not check and b"authentication-results" not in data[prefix:hend].lower():
+            # No checks to run (trusted or authenticated client) and no field that
+            # could claim our authserv-id: the field parse below would find nothing.
+            return None
         fields = dkim_mod.parse_fields(data[:hend])
         # Fields claiming our authserv-id came from outside: a reader must not take
         # them for our verdict (RFC 8601 §5).
         forged = [f for f in claiming(fields, self.authserv_id) if f.start >= prefix]
-        s = self.settings
-        c = rec.client
         verdict: Verdict | None = None
-        if s.inbound_checks and c.auth_user is None and not self._trusted(c.ip):
+        if check:
             if s.greylisting:
                 wait = max((self.greylist.check(c.ip, rec.sender, r) for r in rec.recipients), default=0.0)
                 if wait > 0:
@@ -376,6 +391,25 @@ class Trust:
         return out
 
 
+_MAX_REMEMBERED = 4096
+
+
+def _in_networks(ip: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if not nets:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in n for n in nets)
+
+
+def _remember(cache: dict[str, bool], ip: str, value: bool) -> None:
+    if len(cache) >= _MAX_REMEMBERED:
+        cache.clear()  # many addresses: start over rather than grow without bound
+    cache[ip] = value
+
+
 def _after_return_path(fields: list[dkim_mod.Field]) -> int:
     """Where our new fields go: after our Return-Path, if there is one."""
     if fields and fields[0].name == "return-path" and fields[0].start == 0:
@@ -427,4 +461,4 @@ def may_send_as(ctx: Context, auth_user: str, address: str) -> bool:
 
 def allow_connection(ctx: Context, ip: str) -> bool:
     """For every listener's accept: False → refuse (SMTP 421 4.7.0) and close."""
-    return trust_of(ctx).connections.allow(ip)
+    return trust_of(ctx).allow_connection(ip)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailhouse.store.base import StoreError
+from mailhouse.store.base import NotFound, StoreError
 from mailhouse.store.models import Incoming, LocalTarget, RemoteTarget
 from mailhouse.store.sqlite import INLINE_MAX, SQLiteStore
 
@@ -65,6 +65,64 @@ async def test_concurrent_deliveries_share_commits(store: SQLiteStore) -> None:
     events = await store.journey("Q3")
     assert [e.kind for e in events] == ["received", "delivered"]
     assert (await store.journey("<Q3@x>"))[0].queue_id == "Q3"
+
+
+async def test_deliveries_of_one_batch_share_folder_counters(store: SQLiteStore) -> None:
+    # Deliveries waiting together run as one group (_deliver_many): each folder's
+    # UIDs and modseqs still advance one per message, a missing folder is INBOX.
+    acc = await store.add_account("bob@example.test", "h")
+    inbox = await store.get_folder(acc.id, "INBOX")
+    assert inbox is not None
+
+    def to(qid: str, folder: str) -> Incoming:
+        inc = incoming(qid, acc.id, acc.address)
+        inc.local = [LocalTarget(acc.id, acc.address, acc.address, folder)]
+        return inc
+
+    plan = ["INBOX", "Junk", "INBOX", "Gone", "Junk", "INBOX"]
+    blobs = []
+    for i in range(len(plan)):
+        b = store.new_blob()
+        b.write(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        blobs.append(b)
+    before = store.commits
+    results = await asyncio.gather(*(store.deliver(b, to(f"F{i}", f)) for i, (b, f) in enumerate(zip(blobs, plan, strict=True))))
+    assert store.commits - before == 1
+    assert [(r[0].folder, r[0].uid) for r in results] == [
+        ("INBOX", 1), ("Junk", 1), ("INBOX", 2), ("INBOX", 3), ("Junk", 2), ("INBOX", 4)
+    ]
+    after = await store.get_folder(acc.id, "INBOX")
+    assert after is not None and after.uidnext == 5 and after.highestmodseq == inbox.highestmodseq + 4
+    msgs = await store.list_messages(inbox.id)
+    assert [(m.uid, m.queue_id, m.modseq) for m in msgs] == [
+        (1, "F0", inbox.highestmodseq + 1), (2, "F2", inbox.highestmodseq + 2),
+        (3, "F3", inbox.highestmodseq + 3), (4, "F5", inbox.highestmodseq + 4),
+    ]
+    for m in msgs:
+        n = int(str(m.queue_id)[1:])
+        assert await store.read_blob(m.blob_id) == b"Subject: %d\r\n\r\nbody\r\n" % n
+    assert [e.kind for e in await store.journey("F4")] == ["received", "delivered"]
+
+
+async def test_a_failing_delivery_sinks_only_itself(store: SQLiteStore) -> None:
+    acc = await store.add_account("bob@example.test", "h")
+    blobs = []
+    for i in range(5):
+        b = store.new_blob()
+        b.write(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        blobs.append(b)
+    targets = [(acc.id, acc.address)] * 5
+    targets[2] = (acc.id + 1000, "ghost@example.test")  # no such account: NotFound
+    results = await asyncio.gather(
+        *(store.deliver(b, incoming(f"S{i}", a, addr)) for i, (b, (a, addr)) in enumerate(zip(blobs, targets, strict=True))),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], NotFound)
+    ok = [r for i, r in enumerate(results) if i != 2]
+    assert sorted(r[0].uid for r in ok) == [1, 2, 3, 4]  # type: ignore[index]
+    assert await store.journey("S2") == []
+    inbox = await store.get_folder(acc.id, "INBOX")
+    assert inbox is not None and len(await store.list_messages(inbox.id)) == 4
 
 
 async def test_large_body_goes_to_a_file_and_is_removed_with_its_last_user(store: SQLiteStore) -> None:

@@ -8,6 +8,7 @@ Context of their own, as two servers would.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -227,6 +228,25 @@ async def test_forged_authentication_results_are_removed(world: dict[str, object
     assert head.count(b"Authentication-Results:") == 2  # ours and crepes'
     assert b"sneaky" not in head and b"Authentication-Results: mx.crepes.fr; spf=pass" in head
     assert b"dkim=pass header.d=crepes.fr" in head  # ours, the DKIM still verifies after the removal
+
+
+async def test_trusted_client_is_not_checked_but_forged_results_still_go(world: dict[str, object]) -> None:
+    hamburger = world["hamburger"]
+    assert isinstance(hamburger, Side)
+    hamburger.trust.settings.trusted_networks = [ipaddress.ip_network("127.0.0.0/8")]
+    # Unsigned mail from a crepes.fr address (DMARC p=reject) would be refused if checked.
+    r = await receive(hamburger, "127.0.0.1", "relay.example", "alice@crepes.fr", ["bob@hamburger.edu"], MESSAGE)
+    head = (await stored(hamburger, r)).split(b"\r\n\r\n", 1)[0]
+    assert b"Authentication-Results" not in head  # no checks: no verdict of ours
+    forged = b"authentication-results : mail.hamburger.edu; dmarc=pass\r\n"
+    other = b"Authentication-Results: mx.crepes.fr; spf=pass\r\n"
+    r = await receive(hamburger, "127.0.0.1", "relay.example", "alice@crepes.fr", ["bob@hamburger.edu"],
+                      forged + other + MESSAGE)
+    head = (await stored(hamburger, r)).split(b"\r\n\r\n", 1)[0]
+    assert b"mail.hamburger.edu; dmarc=pass" not in head and other in head
+    # Not trusted: checked as before (the answer for this address is remembered).
+    r = await receive(hamburger, "192.0.2.1", "relay.example", "alice@crepes.fr", ["bob@hamburger.edu"], MESSAGE)
+    assert isinstance(r, Refusal) and r.code == 550
 
 
 async def test_ed25519_second_signature(world: dict[str, object]) -> None:

@@ -2,10 +2,16 @@
 
 Concurrency model (measured, see FIELD-NOTES): one writer thread owns the only
 write connection and runs *group commit*: it takes every write job waiting, runs
-them in one transaction (a savepoint each, so one failing job does not sink the
-others), commits once (one WAL fsync with synchronous=FULL) and only then wakes
-the callers. Throughput thus grows with concurrency instead of being capped at
-one fsync per message.
+them in one transaction (if one fails, each again in its own, so a failing job
+does not sink the others), commits once (one WAL fsync with synchronous=FULL) and
+only then wakes the callers. Throughput thus grows with concurrency instead of
+being capped at one fsync per message.
+
+The writer shares the GIL with the event loop, so what crosses between them is
+counted per batch, not per job: the jobs a loop iteration submits reach the
+writer in one hand-over, consecutive deliveries run as one grouped call (one
+executemany per table), and the callers of a batch are woken with one
+call_soon_threadsafe.
 
 Reads that are a single indexed lookup (is this domain local? does this account
 exist?) run on the caller's thread on a private connection: in WAL mode readers
@@ -55,6 +61,12 @@ class _Job:
     # False for changes a crash may undo without harm (flags, read marks, journey
     # notes): a batch of only such jobs commits without waiting for an fsync.
     durable: bool = True
+    # Optional: consecutive jobs of a batch with equal `many` run as one call
+    # many(conn, [item, ...]) -> [result, ...] (one executemany per table instead
+    # of a few statements per job). `fn` alone must do the same for one job: it is
+    # what runs if the group fails, so a bad job still sinks only itself.
+    many: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+    item: Any = None
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -77,7 +89,11 @@ class Engine:
         self.data_dir = data_dir
         self.db_path = data_dir / "mailhouse.db"
         self.blob_dir = data_dir / "blobs"
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        # Jobs submitted on a loop during one iteration, handed to the writer
+        # together at its end: one wakeup of the writer thread (a futex and a GIL
+        # handoff) for all the sessions served in that iteration.
+        self._handoff: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -112,6 +128,7 @@ class Engine:
 
     async def close(self) -> None:
         if self._writer is not None:
+            self._hand_over(asyncio.get_running_loop())  # jobs before the stop mark
             self._jobs.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
             self._writer = None
@@ -147,27 +164,27 @@ class Engine:
             first = self._jobs.get()
             if first is None:
                 break
-            batch = [first]
+            batch = first
             while len(batch) < MAX_BATCH:
                 try:
-                    j = self._jobs.get_nowait()
+                    jobs = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if j is None:
+                if jobs is None:
                     stop = True
                     break
-                batch.append(j)
+                batch += jobs
             results, orphans = self._run_batch(conn, batch)
             for (path,) in orphans:
                 if path:
                     with contextlib.suppress(OSError):
                         (self.blob_dir / path).unlink()
-            for j, r, err in results:
+            for j, _r, err in results:
                 if err is None:
                     for hook in j.after_commit:
                         with contextlib.suppress(Exception):
                             hook()
-                self._settle(j, r, err)
+            self._settle_all(results)
         conn.close()
 
     def _run_batch(
@@ -184,7 +201,22 @@ class Engine:
                 conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
                 self._sync_full = durable
             conn.execute("BEGIN IMMEDIATE")
-            results: list[tuple[_Job, Any, BaseException | None]] = [(j, j.fn(conn), None) for j in batch]
+            results: list[tuple[_Job, Any, BaseException | None]] = []
+            i, n = 0, len(batch)
+            while i < n:
+                j = batch[i]
+                k = i + 1
+                if j.many is not None:
+                    while k < n and batch[k].many == j.many:
+                        k += 1
+                if k - i > 1:
+                    assert j.many is not None
+                    group = batch[i:k]
+                    outs = j.many(conn, [g.item for g in group])
+                    results += [(g, o, None) for g, o in zip(group, outs, strict=True)]
+                else:
+                    results.append((j, j.fn(conn), None))
+                i = k
             orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING path").fetchall()
             conn.execute("COMMIT")
             self.commits += 1
@@ -202,25 +234,21 @@ class Engine:
         return results, orphans
 
     @staticmethod
-    def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
-        fut = job.future
-        if job.loop is None:
-            if error is None:
-                fut.set_result(result)
+    def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        """Wake the callers: one call_soon_threadsafe per event loop for the whole
+        batch, not one per job (each is a lock, a wakeup write and a GIL handoff)."""
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
+        for job, result, error in results:
+            if job.loop is None:
+                if error is None:
+                    job.future.set_result(result)
+                else:
+                    job.future.set_exception(error)
             else:
-                fut.set_exception(error)
-            return
-
-        def settle() -> None:
-            if fut.cancelled():
-                return
-            if error is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(error)
-
-        with contextlib.suppress(RuntimeError):  # the loop closed under us
-            job.loop.call_soon_threadsafe(settle)
+                per_loop.setdefault(job.loop, []).append((job.future, result, error))
+        for loop, outcomes in per_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed under us
+                loop.call_soon_threadsafe(_settle_futures, outcomes)
 
     async def _write(
         self,
@@ -228,17 +256,37 @@ class Engine:
         after_commit: list[Callable[[], None]] | None = None,
         *,
         durable: bool = True,
+        directory: bool = True,
+        many: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None,
+        item: Any = None,
     ) -> T:
+        """Run fn in the writer's next transaction; return once it is committed.
+
+        directory=False: the job cannot change domains, accounts or aliases, so the
+        recipient lookups keep their snapshot (else the next lookup re-reads it).
+        many/item: see _Job."""
         if self._writer is None:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, fut, after_commit or [], durable))
-        # Shielded: a cancelled caller (client gone) must not hide a commit's outcome.
+        waiting = self._handoff.get(loop)
+        if waiting is None:
+            waiting = self._handoff[loop] = []
+        if not waiting:
+            loop.call_soon(self._hand_over, loop)
+        waiting.append(_Job(fn, loop, fut, after_commit or [], durable, many, item))
+        # A cancelled caller (client gone) cancels only its wait: the job stays
+        # queued and commits; _settle_futures skips a cancelled future.
         try:
-            return await asyncio.shield(fut)
+            return await fut
         finally:
-            self._snapshot_checked = 0.0  # our own change is seen by the next lookup
+            if directory:
+                self._snapshot_checked = 0.0  # our own change is seen by the next lookup
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._handoff.pop(loop, None)
+        if jobs:
+            self._jobs.put(jobs)
 
     # ------------------------------------------------------------------ readers
     def _read_conn(self) -> sqlite3.Connection:
@@ -253,6 +301,17 @@ class Engine:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._read_conn()))
+
+
+def _settle_futures(outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:
+    """On the loop: resolve the futures of one committed batch."""
+    for fut, result, error in outcomes:
+        if fut.cancelled():
+            continue
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
 
 
 def _uidvalidity(c: sqlite3.Connection) -> int:

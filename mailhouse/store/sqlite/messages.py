@@ -23,6 +23,11 @@ from ..models import (
 from .blobs import SpoolBlob
 from .engine import Engine, _folder_name, _now
 
+# The cached parse as stored: json.dumps(parse, separators=(",", ":")) builds an
+# encoder per call; one made once, without the cycle check (a parse is a tree of
+# plain values), writes the same text for less.
+_PARSE_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
 
 class MessageStore(Engine):
     # ------------------------------------------------------------------ folders, messages
@@ -138,22 +143,26 @@ class MessageStore(Engine):
             for t in incoming.local
         ]
         if incoming.remote:
-            c.execute(
-                "INSERT INTO queue(id, blob_id, sender, message_id, created, next_attempt, ret, envid, "
-                "body_type, smtputf8, auth_user) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (incoming.queue_id, blob_id, incoming.sender, incoming.message_id, now, now,
-                 incoming.ret, incoming.envid, incoming.body_type, int(incoming.smtputf8), incoming.auth_user),
-            )
-            c.executemany(
-                "INSERT INTO queue_recipients(queue_id, address, orcpt, notify, updated) VALUES (?,?,?,?,?)",
-                [(incoming.queue_id, r.address, r.orcpt, r.notify, now) for r in incoming.remote],
-            )
+            self._insert_queue_entry(c, incoming, blob_id, now)
         events = list(incoming.events)
         events += [("delivered", {"account": d.address, "folder": d.folder, "uid": d.uid}) for d in out]
         if incoming.remote:
             events.append(("queued", {"recipients": [r.address for r in incoming.remote]}))
         self._insert_events(c, incoming.queue_id, incoming.message_id, events, now)
         return out
+
+    @staticmethod
+    def _insert_queue_entry(c: sqlite3.Connection, incoming: Incoming, blob_id: int, now: float) -> None:
+        c.execute(
+            "INSERT INTO queue(id, blob_id, sender, message_id, created, next_attempt, ret, envid, "
+            "body_type, smtputf8, auth_user) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (incoming.queue_id, blob_id, incoming.sender, incoming.message_id, now, now,
+             incoming.ret, incoming.envid, incoming.body_type, int(incoming.smtputf8), incoming.auth_user),
+        )
+        c.executemany(
+            "INSERT INTO queue_recipients(queue_id, address, orcpt, notify, updated) VALUES (?,?,?,?,?)",
+            [(incoming.queue_id, r.address, r.orcpt, r.notify, now) for r in incoming.remote],
+        )
 
     @staticmethod
     def _insert_events(
@@ -171,14 +180,92 @@ class MessageStore(Engine):
             await asyncio.get_running_loop().run_in_executor(None, blob.sync)
         return blob
 
+    def _deliver_many(
+        self, c: sqlite3.Connection, items: list[tuple[SpoolBlob, Incoming, str]]
+    ) -> list[list[Delivered]]:
+        """_deliver_tx for the deliveries waiting in one batch: the same rows, with
+        one executemany per table and each folder's counters read and written once
+        (the writer thread's Python per message is what contends for the GIL with
+        the event loop)."""
+        now = _now()
+        # Blob ids assigned here as SQLite would (max(rowid) + 1; the writer holds
+        # the write lock), so the message rows can name them without a round trip.
+        base = c.execute("SELECT max(id) FROM blobs").fetchone()[0] or 0
+        blob_rows: list[tuple[int, int, bytes | None, str | None]] = []
+        for n, (blob, _inc, _pj) in enumerate(items, base + 1):
+            if blob.spooled:
+                assert blob.path is not None
+                blob_rows.append((n, blob.size, None, str(blob.path.relative_to(self.blob_dir))))
+            else:
+                blob_rows.append((n, blob.size, blob.inline_bytes(), None))
+        c.executemany("INSERT INTO blobs(id, size, data, path) VALUES (?,?,?,?)", blob_rows)
+        # (account_id, folder) -> [folder id, next uid, modseq, name], shared by the
+        # names that lead to the same folder (a missing one falls back to INBOX).
+        folders: dict[tuple[int, str], list[Any]] = {}
+        by_id: dict[int, list[Any]] = {}
+        message_rows = []
+        journey_rows = []
+        out: list[list[Delivered]] = []
+        for n, (blob, inc, parse_json) in enumerate(items, base + 1):
+            bits, keywords = flags_to_bits(inc.flags) if inc.flags else (0, "")
+            delivered = []
+            for t in inc.local:
+                key = (t.account_id, _folder_name(t.folder))
+                f = folders.get(key)
+                if f is None:
+                    row = c.execute(
+                        "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = ?", key
+                    ).fetchone()
+                    if row is None:  # a filing rule named a folder that is gone: INBOX never is
+                        row = c.execute(
+                            "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = 'INBOX'",
+                            (t.account_id,),
+                        ).fetchone()
+                        if row is None:
+                            raise NotFound(f"account {t.address} no longer exists")
+                    f = folders[key] = by_id.setdefault(row[0], list(row))
+                fid, uid = f[0], f[1]
+                f[1] = uid + 1
+                f[2] += 1
+                message_rows.append((fid, uid, n, inc.internal_date, blob.size, bits, keywords, f[2],
+                                     inc.queue_id, inc.message_id, parse_json))
+                delivered.append(Delivered(t.account_id, t.address, f[3], uid, fid))
+            if inc.remote:
+                self._insert_queue_entry(c, inc, n, now)
+            qid, mid = inc.queue_id, inc.message_id
+            journey_rows += [(qid, mid, now, k, json.dumps(d)) for k, d in inc.events]
+            journey_rows += [
+                (qid, mid, now, "delivered", json.dumps({"account": d.address, "folder": d.folder, "uid": d.uid}))
+                for d in delivered
+            ]
+            if inc.remote:
+                journey_rows.append((qid, mid, now, "queued", json.dumps({"recipients": [r.address for r in inc.remote]})))
+            out.append(delivered)
+        c.executemany(
+            "UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?",
+            [(f[1], f[2], f[0]) for f in by_id.values()],
+        )
+        c.executemany(
+            "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
+            "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            message_rows,
+        )
+        c.executemany("INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)", journey_rows)
+        return out
+
     async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:
-        sb = await self._prepare(blob)
-        parse_json = json.dumps(incoming.parse, separators=(",", ":"))
+        assert isinstance(blob, SpoolBlob)
+        sb = await self._prepare(blob) if blob.spooled else blob  # no coroutine for an inline body
+        parse_json = _PARSE_JSON.encode(incoming.parse)
         try:
-            out = await self._write(lambda c: self._deliver_tx(c, sb, incoming, parse_json))
+            out = await self._write(
+                lambda c: self._deliver_tx(c, sb, incoming, parse_json),
+                directory=False, many=self._deliver_many, item=(sb, incoming, parse_json),
+            )
         finally:
             sb.close_file()
-        self._publish([Change(d.account_id, d.folder_id, "exists") for d in out])
+        if self._change_listeners:
+            self._publish([Change(d.account_id, d.folder_id, "exists") for d in out])
         return out
 
     async def append(
@@ -196,7 +283,7 @@ class MessageStore(Engine):
         blob.write(raw)
         if blob.spooled:
             await asyncio.get_running_loop().run_in_executor(None, blob.sync)
-        parse_json = json.dumps(parse if parse is not None else analyze(raw), separators=(",", ":"))
+        parse_json = _PARSE_JSON.encode(parse if parse is not None else analyze(raw))
         when = internal_date if internal_date is not None else _now()
         flag_list = list(flags)
 
@@ -205,7 +292,7 @@ class MessageStore(Engine):
             return self._insert_message(c, target, blob_id, blob.size, parse_json, when, flag_list, None, None)
 
         try:
-            d = await self._write(fn)
+            d = await self._write(fn, directory=False)
         finally:
             blob.close_file()
         self._publish([Change(d.account_id, d.folder_id, "exists")])
