@@ -301,7 +301,7 @@ class FolderCommands(SessionState):
         account = self.account
         assert account is not None
         name = self.decode_name(cmd.mailbox)
-        folder = await self.store.get_folder(account.id, name)
+        folder = await self.folder_named(name)
         if folder is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.TRYCREATE)
             return

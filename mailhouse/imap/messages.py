@@ -9,6 +9,7 @@ from typing import Any
 
 from mailhouse.imap import fetch as fx
 from mailhouse.imap import writer as w
+from mailhouse.imap.headercache import CachedHeader
 from mailhouse.imap.mailbox import SEEN, MailboxView
 from mailhouse.imap.ordering import Item, sort_items, thread_ordered_subject, thread_references
 from mailhouse.imap.parser import (
@@ -240,24 +241,99 @@ class MessageCommands(SessionState):
     async def _fetch_headers(
         self, view: MailboxView, idx: Sequence[int], plan: fx.FetchPlan, seen_now: set[int]
     ) -> bool:
-        """Only header sections, INTERNALDATE and array items: the header
-        blocks come from ``Store.search_rows`` (a prefix of each message, no
-        cached parse decoded), the common "list the mailbox" FETCH of clients."""
+        """Only header sections, INTERNALDATE and array items, the common "list
+        the mailbox" FETCH of clients: the header blocks come from the shared
+        header cache, else from ``Store.search_rows`` (a prefix of each message,
+        no cached parse decoded). Each item becomes a small function once per
+        command, so the loop over the messages does no per-item dispatch."""
+        uids, flags, modseqs, sizes, keywords = view.uids, view.flags, view.modseqs, view.sizes, view.keywords
+        recent = not self.rev2
+        mask = 0xFF if recent else 0x1F
+        texts: dict[tuple[int, str], bytes] = {}
+        cache = self.watcher.headers
+
+        def flags_item(i: int, entry: CachedHeader) -> bytes:
+            key = (flags[i] & mask, keywords.get(uids[i], ""))
+            t = texts.get(key)
+            if t is None:
+                t = texts[key] = b"FLAGS (" + view.flag_text(i, recent=recent).encode() + b")"
+            return t
+
+        def literal(label: bytes, data: bytes) -> bytes:
+            return b"%s {%d}\r\n%s" % (label, len(data), data)
+
+        def section_item(item: BodySection, label: bytes) -> Callable[[int, CachedHeader], bytes]:
+            text, names = item.section.text, item.section.fields
+            if text == "HEADER":
+                return lambda i, entry: literal(label, fx.partial(entry.header, item))
+            exclude = text == "HEADER.FIELDS.NOT"
+            key = (names, exclude)
+
+            def fields(i: int, entry: CachedHeader) -> bytes:
+                data = entry.subsets.get(key) if entry.subsets is not None else None
+                if data is None:
+                    data = fx.header_subset(entry.header, names, exclude=exclude)
+                    cache.subset(entry, names, exclude, data)
+                return literal(label, fx.partial(data, item))
+
+            return fields
+
+        ops: list[Callable[[int, CachedHeader], bytes]] = []
+        for item, label in zip(plan.items, plan.labels, strict=True):
+            if isinstance(item, BodySection):
+                ops.append(section_item(item, label))
+                continue
+            assert isinstance(item, FetchAttr)
+            name = item.name
+            if name == "UID":
+                ops.append(lambda i, entry: b"UID %d" % uids[i])
+            elif name == "FLAGS":
+                ops.append(flags_item)
+            elif name == "MODSEQ":
+                ops.append(lambda i, entry: b"MODSEQ (%d)" % modseqs[i])
+            elif name == "RFC822.SIZE":
+                ops.append(lambda i, entry: b"RFC822.SIZE %d" % sizes[i])
+            elif name == "INTERNALDATE":
+                ops.append(lambda i, entry: b'INTERNALDATE "%s"' % _internal_date(entry.internal_date).encode())
+            else:  # RFC822.HEADER
+                ops.append(lambda i, entry: literal(b"RFC822.HEADER", entry.header))
+        if seen_now and not plan.wants_flags:
+            ops.append(lambda i, entry: flags_item(i, entry) if uids[i] in seen_now else b"")
         missing = False
+        folder_id, validity = view.folder_id, view.uidvalidity
         for start in range(0, len(idx), HEADER_BATCH):
             batch = idx[start : start + HEADER_BATCH]
-            uids = [view.uids[i] for i in batch if view.uids[i] not in view.gone]
-            rows = {r.uid: r for r in await self.store.search_rows(view.folder_id, uids, headers=True)}
-            if self.view is not view:
-                return missing
+            gone = view.gone
+            entries: dict[int, CachedHeader] = {}
+            wanted: list[int] = []
             for i in batch:
-                row = rows.get(view.uids[i])
-                if row is None or row.header is None:
+                uid = uids[i]
+                if uid in gone:
+                    continue  # expunged meanwhile: reported missing, as when it is not in the store
+                entry = cache.get((folder_id, validity, uid), sizes[i])
+                if entry is None:
+                    wanted.append(i)
+                else:
+                    entries[i] = entry
+            if wanted:
+                rows = {r.uid: r for r in await self.store.search_rows(
+                    folder_id, [uids[i] for i in wanted], headers=True
+                )}
+                if self.view is not view:
+                    return missing
+                for i in wanted:
+                    row = rows.get(uids[i])
+                    if row is not None and row.header is not None:
+                        entries[i] = cache.put((folder_id, validity, uids[i]), row.header, row.internal_date, sizes[i])
+            out: list[bytes] = []
+            for i in batch:
+                found = entries.get(i)
+                if found is None:
                     missing = True
                     continue
-                head = row.header
-                parse = {"body": {"header_start": 0, "body_start": len(head), "body_end": len(head)}}
-                self.emit(self._render(view, i, parse, row.internal_date, head, plan, view.uids[i] in seen_now))
+                values = [op(i, found) for op in ops]
+                out.append(b"* %d FETCH (%s)\r\n" % (i + 1, b" ".join(v for v in values if v)))
+            self.emit(b"".join(out))
             await self.maybe_flush()
         return missing
 
@@ -273,7 +349,7 @@ class MessageCommands(SessionState):
     ) -> bytes:
         utf8 = self.utf8
         out: list[bytes] = []
-        for item in plan.items:
+        for item, label in zip(plan.items, plan.labels, strict=True):
             if isinstance(item, FetchAttr):
                 name = item.name
                 if name in fx.ARRAY_ATTRS:
@@ -296,21 +372,24 @@ class MessageCommands(SessionState):
                         data = fx.section_bytes(raw, parse, Section(text="HEADER")) or b""
                     else:
                         data = fx.section_bytes(raw, parse, Section(text="TEXT")) or b""
-                    out.append(name.encode() + b" " + w.encode(w.IMAPLiteral(data)))
+                    out.append(b"%s {%d}\r\n%s" % (label, len(data), data))
             elif isinstance(item, BodySection):
                 assert raw is not None
                 section = fx.section_bytes(raw, parse, item.section)
-                value: w.Value = None if section is None else w.IMAPLiteral(fx.partial(section, item))
-                out.append(item.response_name().encode() + b" " + w.encode(value, utf8=utf8))
+                if section is None:
+                    out.append(label + b" NIL")
+                else:
+                    data = fx.partial(section, item)
+                    out.append(b"%s {%d}\r\n%s" % (label, len(data), data))
             elif isinstance(item, BinarySection):
                 assert raw is not None
                 data2 = fx.binary_bytes(raw, parse, item.part)
-                value = None if data2 is None else w.binary_literal(fx.partial(data2, item))
-                out.append(item.response_name().encode() + b" " + w.encode(value))
+                value: w.Value = None if data2 is None else w.binary_literal(fx.partial(data2, item))
+                out.append(label + b" " + w.encode(value))
             elif isinstance(item, BinarySize):
                 assert raw is not None
                 data3 = fx.binary_bytes(raw, parse, item.part)
-                out.append(item.response_name().encode() + (b" NIL" if data3 is None else b" %d" % len(data3)))
+                out.append(label + (b" NIL" if data3 is None else b" %d" % len(data3)))
         if seen_now and not plan.wants_flags:
             out.append(self._simple_values(view, i, FetchAttr("FLAGS")))
         return b"* %d FETCH (" % (i + 1) + b" ".join(out) + b")\r\n"

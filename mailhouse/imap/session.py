@@ -499,8 +499,6 @@ class IMAPSession(FolderCommands, MessageCommands):
             self.parser.feed(inflated)
 
     async def cmd_select(self, cmd: SelectCommand) -> None:
-        account = self.account
-        assert account is not None
         if self.view is not None:
             self.deselect()
             if self.rev2 or self.qresync:
@@ -508,9 +506,7 @@ class IMAPSession(FolderCommands, MessageCommands):
         if cmd.qresync is not None and not self.qresync:
             self.tagged(cmd.tag, "BAD", "QRESYNC needs ENABLE QRESYNC first")
             return
-        name = self.decode_name(cmd.mailbox)
-        folder = await self.store.get_folder(account.id, name)
-        cols = await self.store.folder_columns(folder.id) if folder is not None else None
+        cols = await self.folder_columns_named(self.decode_name(cmd.mailbox))
         if cols is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
             return

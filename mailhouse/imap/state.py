@@ -22,12 +22,15 @@ from mailhouse.imap.names import normalize
 from mailhouse.imap.parser import CommandParser
 from mailhouse.imap.utf7 import decode_mailbox_name
 from mailhouse.imap.watch import FolderWatcher
-from mailhouse.store.models import Account
+from mailhouse.store.models import Account, Folder, FolderColumns
 
 logger = log.get("imap")
 
 FLUSH_AT = 256 * 1024
 """Output is written out once this much is buffered, then drained."""
+
+NO_CHANGES = (1 << 63) - 1
+"""A mod-sequence above any: ``folder_changes(id, NO_CHANGES)`` is the folder row alone."""
 
 
 class SessionIO(Protocol):
@@ -166,6 +169,40 @@ class SessionState:
     def name_bytes(self, name: str) -> bytes:
         return w.mailbox_name(name, utf8=self.utf8)
 
+    # -- folders by name ----------------------------------------------------------------------
+
+    async def folder_named(self, name: str) -> Folder | None:
+        """The logged-in account's folder called ``name`` (stored form)."""
+        account = self.account
+        assert account is not None
+        fid = self.watcher.folder_ids.get((account.id, name))
+        if fid is not None:
+            # "Changes after the highest mod-sequence there is": just the row, read by id.
+            delta = await self.store.folder_changes(fid, NO_CHANGES)
+            if delta is not None and delta.folder.account_id == account.id and delta.folder.name == name:
+                return delta.folder
+        folder = await self.store.get_folder(account.id, name)
+        if folder is not None:
+            self.watcher.remember_folder(account.id, name, folder.id)
+        return folder
+
+    async def folder_columns_named(self, name: str) -> FolderColumns | None:
+        """The columns of the account's folder ``name`` (for SELECT), or None."""
+        account = self.account
+        assert account is not None
+        fid = self.watcher.folder_ids.get((account.id, name))
+        if fid is not None:
+            cols = await self.store.folder_columns(fid)
+            if cols is not None and cols.folder.account_id == account.id and cols.folder.name == name:
+                return cols
+        folder = await self.store.get_folder(account.id, name)
+        if folder is None:
+            return None
+        cols = await self.store.folder_columns(folder.id)
+        if cols is not None:
+            self.watcher.remember_folder(account.id, name, folder.id)
+        return cols
+
     # -- the selected mailbox -------------------------------------------------------------------
 
     def notify(self) -> None:
@@ -186,7 +223,7 @@ class SessionState:
         if view is None or not (self.dirty or force):
             return
         self.dirty = False
-        delta = await self.store.folder_changes(view.folder_id, view.highestmodseq)
+        delta = await self.watcher.changes(view.folder_id, view.highestmodseq)
         if self.view is not view:
             return
         if delta is None:

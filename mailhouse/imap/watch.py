@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
+from mailhouse.imap.headercache import HeaderCache
 from mailhouse.store.base import Store
-from mailhouse.store.models import Change
+from mailhouse.store.models import Change, FolderDelta
 
 POLL_INTERVAL = 2.0
+FOLDER_IDS_MAX = 100_000
+DELTAS_MAX = 10_000
+DELTA_TTL = 0.2
 
 
 class Watching(Protocol):
@@ -47,6 +52,27 @@ class FolderWatcher:
         self.poll_interval = POLL_INTERVAL
         # \Recent bookkeeping shared by the sessions of this store (see mailbox.py).
         self.recent_marks: dict[int, int] = {}
+        # (account id, folder name) -> folder id, learnt by SELECT and APPEND: the
+        # next one reads the folder by id on the event loop (store reads of one
+        # row run there) instead of looking the name up in the reader pool. Only
+        # a hint: the row read by id is checked to still carry that name.
+        self.folder_ids: dict[tuple[int, str], int] = {}
+        # Header blocks of listed messages (see headercache.py).
+        self.headers = HeaderCache()
+        # (folder id, since) -> what changed after that mod-sequence, as last read.
+        # When a delivery wakes every IDLE session of a folder, they all ask the
+        # same question: the first reads the store, the others reuse its answer.
+        # Forgotten at every change of the folder (so never stale when a session
+        # is told of a change), and only kept when no change came meanwhile.
+        # Changes made by another process (the CLI) are not published: a kept
+        # answer is only trusted for DELTA_TTL seconds, so a NOOP sees them soon.
+        self._deltas: dict[tuple[int, int], tuple[float, FolderDelta | None]] = {}
+        self._epoch = 0  # moves at every change anywhere
+
+    def remember_folder(self, account_id: int, name: str, folder_id: int) -> None:
+        if len(self.folder_ids) >= FOLDER_IDS_MAX:
+            self.folder_ids.clear()
+        self.folder_ids[(account_id, name)] = folder_id
 
     def watch(self, folder_id: int, session: Watching) -> None:
         self.folders.setdefault(folder_id, set()).add(session)
@@ -62,6 +88,7 @@ class FolderWatcher:
         sessions.discard(session)
         if not sessions:
             del self.folders[folder_id]
+            self._forget(folder_id)
         if not self.folders:
             if self._unsubscribe is not None:
                 self._unsubscribe()
@@ -70,7 +97,31 @@ class FolderWatcher:
                 self._poller.cancel()
                 self._poller = None
 
+    async def changes(self, folder_id: int, since: int) -> FolderDelta | None:
+        """``Store.folder_changes``, shared by the sessions of a folder."""
+        key = (folder_id, since)
+        kept = self._deltas.get(key)
+        now = time.monotonic()
+        if kept is not None and now - kept[0] < DELTA_TTL:
+            return kept[1]
+        epoch = self._epoch
+        delta = await self.store.folder_changes(folder_id, since)
+        if self._epoch == epoch and folder_id in self.folders:
+            if len(self._deltas) >= DELTAS_MAX:
+                self._deltas.clear()
+            self._deltas[key] = (now, delta)
+        return delta
+
+    def _forget(self, folder_id: int) -> None:
+        self._epoch += 1
+        if folder_id == 0:  # a change without a folder (a rename): forget everything
+            self._deltas.clear()
+        elif self._deltas:
+            for key in [k for k in self._deltas if k[0] == folder_id]:
+                del self._deltas[key]
+
     def _changed(self, change: Change) -> None:
+        self._forget(change.folder_id)
         for session in list(self.folders.get(change.folder_id, ())):
             session.notify()
 
@@ -84,6 +135,8 @@ class FolderWatcher:
                 current = await self.store.folder_modseqs(ids)
                 for fid, sessions in list(self.folders.items()):
                     modseq = current.get(fid)
+                    if any(modseq is None or modseq > s.known_modseq() for s in sessions):
+                        self._forget(fid)  # changed by another process: not published here
                     for s in list(sessions):
                         # A folder gone (None) is news as well.
                         if modseq is None or modseq > s.known_modseq():

@@ -29,6 +29,7 @@ takes ``result["body"]``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -260,13 +261,19 @@ def _text(text: str) -> bytes:
     return _TEXT_UNSAFE.sub(" ", text).encode("utf-8")
 
 
-def _status_line(prefix: bytes, status: str, text: str, code: str | None) -> bytes:
-    out = prefix + b" " + status.encode("ascii")
+@functools.lru_cache(maxsize=1024)
+def _status_tail(status: str, text: str, code: str | None) -> bytes:
+    # Most status lines repeat ("OK FETCH completed"): built once, not per command.
+    out = b" " + status.encode("ascii")
     if code:
         out += b" [" + _text(code) + b"]"
     if text or not code:
         out += b" " + _text(text)
     return out + CRLF
+
+
+def _status_line(prefix: bytes, status: str, text: str, code: str | None) -> bytes:
+    return prefix + _status_tail(status, text, code)
 
 
 def tagged(tag: str, status: str, text: str = "", code: str | None = None) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 import ssl
@@ -36,7 +37,9 @@ _BUFFER = bytearray(READ_SIZE)
 _VIEW = memoryview(_BUFFER)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(ip: str) -> bool:
+    # Per connection: parsing the address costs more than the rest of the setup.
     try:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:

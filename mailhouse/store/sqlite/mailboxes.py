@@ -7,7 +7,10 @@ import contextlib
 import json
 import sqlite3
 from array import array
+from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..base import NotFound, StoreError
@@ -34,8 +37,95 @@ from .messages import MessageStore
 
 T = TypeVar("T")
 
+# Reads an IMAP session waits for run on the caller's thread (the event loop)
+# when they touch a bounded handful of rows, on the engine's private reader
+# connection: such a query costs 5-30 µs there, while a hop to the reader pool
+# costs the loop ~60-90 µs and a worker as much again under the same GIL
+# (benchmarks/imap_bench.py). Anything that may touch many rows, or a blob
+# file, still goes to the pool; the limits below bound the loop's stall.
+INLINE_ROWS = 500
+"""A delta (changes, expunges) read inline is cut off here and re-read in the pool."""
+INLINE_MESSAGES = 16
+"""get_messages / read_blobs for at most this many messages run inline..."""
+INLINE_BLOB_BYTES = 64 * 1024
+"""...reading inline only blobs stored in the row up to this size."""
+INLINE_HEADER_ROWS = 32
+"""search_rows with headers: this many rows at most (each reads <= 16 KiB)."""
+
+COLUMNS_CACHE_MESSAGES = 400_000
+"""Messages kept in the shared folder-columns cache (~21 bytes each)."""
+
+
+class _TooMany(Exception):
+    """An inline read met more rows than it may handle on the loop."""
+
+
+@dataclass(slots=True)
+class _CachedColumns:
+    """The columns of one folder as of its mod-sequence ``modseq``, shared by
+    every SELECT of it in this process: the next SELECT reads only what
+    changed since (an indexed range), not the whole folder again."""
+
+    uidvalidity: int
+    modseq: int
+    uids: array[int]
+    flags: bytearray
+    modseqs: array[int]
+    sizes: array[int]
+    keywords: dict[int, str]
+
+    def apply(self, changed: list[tuple[int, int, str, int, int]], vanished: list[int], modseq: int) -> None:
+        """Take in a delta (rows sorted by UID); arrays stay sorted by UID."""
+        uids = self.uids
+        if vanished:
+            gone = set(vanished)
+            drop = {i for i in (bisect_left(uids, u) for u in vanished) if i < len(uids) and uids[i] in gone}
+            if drop:
+                for i in drop:
+                    self.keywords.pop(uids[i], None)
+                keep = [i for i in range(len(uids)) if i not in drop]
+                self.uids = uids = array("I", [uids[i] for i in keep])
+                self.flags = bytearray(self.flags[i] for i in keep)
+                self.modseqs = array("Q", [self.modseqs[i] for i in keep])
+                self.sizes = array("Q", [self.sizes[i] for i in keep])
+        for uid, bits, kw, mseq, size in changed:
+            i = bisect_left(uids, uid)
+            if i < len(uids) and uids[i] == uid:
+                self.flags[i] = bits & 255
+                self.modseqs[i] = mseq
+            else:
+                uids.insert(i, uid)
+                self.flags.insert(i, bits & 255)
+                self.modseqs.insert(i, mseq)
+                self.sizes.insert(i, size)
+            if kw:
+                self.keywords[uid] = kw
+            else:
+                self.keywords.pop(uid, None)
+        self.modseq = modseq
+
+    def columns(self, folder: Folder) -> FolderColumns:
+        # Copies: a session's view changes its own arrays (\Recent bits, removals).
+        return FolderColumns(
+            folder, array("I", self.uids), bytearray(self.flags), array("Q", self.modseqs),
+            array("Q", self.sizes), dict(self.keywords),
+        )
+
 
 class MailboxStore(MessageStore):
+    # Every write here passes directory=False: folders and messages are not
+    # domains, accounts or aliases, so the recipient/login lookups keep their
+    # snapshot instead of re-reading it after each flag change or APPEND.
+    _columns_cache: OrderedDict[int, _CachedColumns] | None = None
+    _columns_cached = 0  # messages in the cache
+
+    def _read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a small read on the caller's thread (see INLINE_ROWS)."""
+        if self._reader is None:
+            raise StoreError("store is not open")
+        with self._reader_lock:
+            return fn(self._reader)
+
     async def create_folder(self, account_id: int, name: str, special_use: str | None = None) -> Folder:
         name = _folder_name(name)
 
@@ -49,7 +139,7 @@ class MailboxStore(MessageStore):
             r = c.execute(self._FOLDER_SQL + " WHERE id = ?", (cur.lastrowid,)).fetchone()
             return self._folder(r)
 
-        f = await self._write(fn)
+        f = await self._write(fn, directory=False)
         self._publish([Change(account_id, f.id, "folders")])
         return f
 
@@ -66,7 +156,8 @@ class MailboxStore(MessageStore):
             c.execute("DELETE FROM folders WHERE id = ?", row)
             return int(row[0])
 
-        fid = await self._write(fn)
+        fid = await self._write(fn, directory=False)
+        self._forget_columns(fid)
         self._publish([Change(account_id, fid, "folders")])
 
     async def rename_folder(self, account_id: int, old: str, new: str) -> None:
@@ -94,7 +185,7 @@ class MailboxStore(MessageStore):
             ).fetchall():
                 c.execute("UPDATE folders SET name = ? WHERE id = ?", (new + name[len(old):], fid))
 
-        await self._write(fn)
+        await self._write(fn, directory=False)
         self._publish([Change(account_id, 0, "folders")])
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
@@ -107,7 +198,7 @@ class MailboxStore(MessageStore):
             if cur.rowcount == 0:
                 raise NotFound(f"no folder {name}")
 
-        await self._write(fn)
+        await self._write(fn, directory=False)
 
     async def folder_states(self, folder_id: int) -> list[MessageState]:
         return await self._read(
@@ -134,6 +225,8 @@ class MailboxStore(MessageStore):
                 ]
             return out
 
+        if len(uids) <= INLINE_MESSAGES:
+            return self._read_inline(fn)
         return await self._read(fn)
 
     def _account_of(self, c: sqlite3.Connection, folder_id: int) -> int:
@@ -143,8 +236,14 @@ class MailboxStore(MessageStore):
         return int(row[0])
 
     def _bump(self, c: sqlite3.Connection, folder_id: int) -> int:
-        c.execute("UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = ?", (folder_id,))
-        return int(c.execute("SELECT highestmodseq FROM folders WHERE id = ?", (folder_id,)).fetchone()[0])
+        # One statement, not an UPDATE then a SELECT: it runs in the writer's
+        # batch, which every waiting session's commit shares.
+        row = c.execute(
+            "UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING highestmodseq", (folder_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound("the folder no longer exists")
+        return int(row[0])
 
     async def store_flags(
         self,
@@ -194,7 +293,7 @@ class MailboxStore(MessageStore):
 
         # Flags are not worth an fsync each (Dovecot does not either): a crash may
         # lose the last changes, which the next durable commit would have carried.
-        account, changed, failed = await self._write(fn, durable=False)
+        account, changed, failed = await self._write(fn, durable=False, directory=False)
         if changed:
             self._publish([Change(account, folder_id, "flags")])
         return changed, failed
@@ -234,7 +333,7 @@ class MailboxStore(MessageStore):
                 cand = [u for u in cand if u in wanted]
             return account, self._expunge_tx(c, folder_id, cand)
 
-        account, gone = await self._write(fn)
+        account, gone = await self._write(fn, directory=False)
         if gone:
             self._publish([Change(account, folder_id, "expunge")])
         return gone
@@ -278,7 +377,7 @@ class MailboxStore(MessageStore):
                 self._copy_tx(c, folder_id, sorted(uids), target_folder_id, move=move),
             )
 
-        src_acc, dst_acc, pairs = await self._write(fn)
+        src_acc, dst_acc, pairs = await self._write(fn, directory=False)
         if pairs:
             changes = [Change(dst_acc, target_folder_id, "exists")]
             if move:
@@ -287,13 +386,17 @@ class MailboxStore(MessageStore):
         return pairs
 
     async def vanished_since(self, folder_id: int, modseq: int) -> list[int]:
-        return await self._read(
-            lambda c: [
-                r[0] for r in c.execute(
-                    "SELECT uid FROM expunged WHERE folder_id = ? AND modseq > ? ORDER BY uid", (folder_id, modseq)
-                )
-            ]
-        )
+        def fn(c: sqlite3.Connection, limit: int) -> list[int]:
+            rows = c.execute(
+                "SELECT uid FROM expunged WHERE folder_id = ? AND modseq > ? LIMIT ?", (folder_id, modseq, limit)
+            ).fetchall()
+            if 0 <= limit <= len(rows):
+                raise _TooMany
+            return sorted(r[0] for r in rows)
+
+        with contextlib.suppress(_TooMany):
+            return self._read_inline(lambda c: fn(c, INLINE_ROWS))
+        return await self._read(lambda c: fn(c, -1))
 
     async def mailbox_usage(self, account_id: int) -> int:
         row = await self._read(
@@ -316,7 +419,84 @@ class MailboxStore(MessageStore):
         finally:
             c.execute("COMMIT")
 
+    def _delta_rows(
+        self, c: sqlite3.Connection, folder_id: int, since: int, limit: int
+    ) -> tuple[list[tuple[int, int, str, int, int]], list[int]]:
+        """(changed rows, expunged UIDs) after mod-sequence ``since``, by UID.
+        With ``limit`` >= 0, raise _TooMany rather than return that many."""
+        changed = c.execute(
+            "SELECT uid, flags, keywords, modseq, size FROM messages WHERE folder_id = ? AND modseq > ? LIMIT ?",
+            (folder_id, since, limit),
+        ).fetchall()
+        vanished = [
+            r[0] for r in c.execute(
+                "SELECT uid FROM expunged WHERE folder_id = ? AND modseq > ? LIMIT ?", (folder_id, since, limit)
+            )
+        ]
+        if limit >= 0 and (len(changed) >= limit or len(vanished) >= limit):
+            raise _TooMany
+        changed.sort()
+        vanished.sort()
+        return changed, vanished
+
+    def _forget_columns(self, folder_id: int) -> None:
+        cache = self._columns_cache
+        if cache is not None and (entry := cache.pop(folder_id, None)) is not None:
+            self._columns_cached -= len(entry.uids)
+
+    def _remember_columns(self, cols: FolderColumns) -> None:
+        f = cols.folder
+        cache = self._columns_cache
+        if cache is None:
+            cache = self._columns_cache = OrderedDict()
+        old = cache.get(f.id)
+        if old is not None and old.modseq > f.highestmodseq:
+            return  # a newer state is cached already (a concurrent SELECT)
+        self._forget_columns(f.id)
+        if len(cols.uids) > COLUMNS_CACHE_MESSAGES // 2:
+            return
+        cache[f.id] = _CachedColumns(
+            f.uidvalidity, f.highestmodseq, array("I", cols.uids), bytearray(cols.flags), array("Q", cols.modseqs),
+            array("Q", cols.sizes), dict(cols.keywords),
+        )
+        self._columns_cached += len(cols.uids)
+        while self._columns_cached > COLUMNS_CACHE_MESSAGES and len(cache) > 1:
+            _, dropped = cache.popitem(last=False)
+            self._columns_cached -= len(dropped.uids)
+
+    def _columns_from_cache(self, c: sqlite3.Connection, folder_id: int, entry: _CachedColumns) -> FolderColumns | None:
+        """The folder row, and the cached columns brought up to its mod-sequence
+        with what changed since. _TooMany when the cache cannot serve (another
+        folder under the same id, or a delta too large for the loop)."""
+        r = c.execute(self._FOLDER_SQL + " WHERE id = ?", (folder_id,)).fetchone()
+        if r is None:
+            return None
+        folder = self._folder(r)
+        # A folder id can be reused after a DELETE; its UIDVALIDITY then differs
+        # (the store never reuses one for a folder that could hold the same UIDs).
+        if folder.uidvalidity != entry.uidvalidity or folder.highestmodseq < entry.modseq:
+            raise _TooMany
+        if folder.highestmodseq > entry.modseq:
+            changed, vanished = self._delta_rows(c, folder_id, entry.modseq, INLINE_ROWS)
+            before = len(entry.uids)
+            entry.apply(changed, vanished, folder.highestmodseq)
+            self._columns_cached += len(entry.uids) - before
+        return entry.columns(folder)
+
     async def folder_columns(self, folder_id: int) -> FolderColumns | None:
+        cache = self._columns_cache
+        entry = cache.get(folder_id) if cache is not None else None
+        if entry is not None and cache is not None:
+            cache.move_to_end(folder_id)
+            try:
+                cols = self._read_inline(lambda c: self._snapshot_read(c, lambda c: self._columns_from_cache(c, folder_id, entry)))
+            except _TooMany:
+                self._forget_columns(folder_id)
+            else:
+                if cols is None:
+                    self._forget_columns(folder_id)
+                return cols
+
         def fn(c: sqlite3.Connection) -> FolderColumns | None:
             r = c.execute(self._FOLDER_SQL + " WHERE id = ?", (folder_id,)).fetchone()
             if r is None:
@@ -344,31 +524,29 @@ class MailboxStore(MessageStore):
             )
             return FolderColumns(self._folder(r), uids, flags, modseqs, sizes, keywords)
 
-        return await self._read(lambda c: self._snapshot_read(c, fn))
+        result = await self._read(lambda c: self._snapshot_read(c, fn))
+        if result is None:
+            self._forget_columns(folder_id)
+        else:
+            self._remember_columns(result)
+        return result
 
     async def folder_changes(self, folder_id: int, since_modseq: int) -> FolderDelta | None:
-        def fn(c: sqlite3.Connection) -> FolderDelta | None:
+        def fn(c: sqlite3.Connection, limit: int) -> FolderDelta | None:
             r = c.execute(self._FOLDER_SQL + " WHERE id = ?", (folder_id,)).fetchone()
             if r is None:
                 return None
             folder = self._folder(r)
             if folder.highestmodseq <= since_modseq:
                 return FolderDelta(folder, [], [])
-            changed = c.execute(
-                "SELECT uid, flags, keywords, modseq, size FROM messages "
-                "WHERE folder_id = ? AND modseq > ? ORDER BY uid",
-                (folder_id, since_modseq),
-            ).fetchall()
-            vanished = [
-                row[0]
-                for row in c.execute(
-                    "SELECT uid FROM expunged WHERE folder_id = ? AND modseq > ? ORDER BY uid",
-                    (folder_id, since_modseq),
-                )
-            ]
+            changed, vanished = self._delta_rows(c, folder_id, since_modseq, limit)
             return FolderDelta(folder, changed, vanished)
 
-        return await self._read(lambda c: self._snapshot_read(c, fn))
+        # Usually a few rows (a delivery, a flag change): on the loop. A client
+        # back after a mass STORE gets its delta from the pool.
+        with contextlib.suppress(_TooMany):
+            return self._read_inline(lambda c: self._snapshot_read(c, lambda c: fn(c, INLINE_ROWS)))
+        return await self._read(lambda c: self._snapshot_read(c, lambda c: fn(c, -1)))
 
     async def folder_modseqs(self, folder_ids: list[int]) -> dict[int, int]:
         def fn(c: sqlite3.Connection) -> dict[int, int]:
@@ -403,17 +581,39 @@ class MailboxStore(MessageStore):
     async def read_blobs(self, blob_ids: list[int]) -> dict[int, bytes]:
         wanted = sorted(set(blob_ids))
 
-        def fn(c: sqlite3.Connection) -> dict[int, bytes]:
+        def fn(c: sqlite3.Connection, ids: list[int]) -> dict[int, bytes]:
             out: dict[int, bytes] = {}
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
                 for bid, data, path in c.execute(
                     f"SELECT id, data, path FROM blobs WHERE id IN ({','.join('?' * len(part))})", part
                 ):
                     out[bid] = self._blob_bytes(data, path)
             return out
 
-        return await self._read(fn)
+        if len(wanted) > INLINE_MESSAGES:
+            return await self._read(lambda c: fn(c, wanted))
+
+        def small(c: sqlite3.Connection) -> tuple[dict[int, bytes], list[int]]:
+            # Bodies kept in the row and small are read here (the CASE keeps
+            # SQLite from loading a large one); files and large rows go to the pool.
+            out: dict[int, bytes] = {}
+            rest: list[int] = []
+            for bid, data in c.execute(
+                "SELECT id, CASE WHEN path IS NULL AND size <= ? THEN data END FROM blobs "
+                f"WHERE id IN ({','.join('?' * len(wanted))})",
+                (INLINE_BLOB_BYTES, *wanted),
+            ):
+                if data is None:
+                    rest.append(bid)
+                else:
+                    out[bid] = bytes(data)
+            return out, rest
+
+        found, rest = self._read_inline(small)
+        if rest:
+            found.update(await self._read(lambda c: fn(c, rest)))
+        return found
 
     SEARCH_HEADER_PREFIX = 16384  # read this much first; a longer header is read whole
 
@@ -440,19 +640,27 @@ class MailboxStore(MessageStore):
                 end = find_header_end(data)[1]
             return data[:end]
 
-        def rows(c: sqlite3.Connection) -> list[SearchRow]:
+        def rows(c: sqlite3.Connection, inline: bool) -> list[SearchRow]:
             out: list[SearchRow] = []
             for i in range(0, len(uids), 500):
                 part = uids[i : i + 500]
                 args: tuple[Any, ...] = (folder_id, *part) if not headers else (limit, folder_id, *part)
                 found = c.execute(sql + f"({','.join('?' * len(part))})", args).fetchall()
                 for uid, idate, prefix, path, blob_id in found:
-                    header = header_of(c, prefix, path, blob_id) if headers else None
+                    header = None
+                    if headers:
+                        if inline and (prefix is None or len(prefix) >= limit):
+                            raise _TooMany  # a file to read, or a long header: not on the loop
+                        header = header_of(c, prefix, path, blob_id)
                     out.append(SearchRow(uid, idate, header))
             out.sort(key=lambda r: r.uid)
             return out
 
-        return await self._read(rows)
+        if len(uids) <= (INLINE_HEADER_ROWS if headers else INLINE_ROWS):
+            with contextlib.suppress(_TooMany):
+                return self._read_inline(lambda c: rows(c, True))
+        return await self._read(lambda c: rows(c, False))
+
 
     async def append_many(self, target: LocalTarget, items: list[AppendItem]) -> list[Delivered]:
         from ...mime.structure import analyze
@@ -482,7 +690,7 @@ class MailboxStore(MessageStore):
                     )
                 return out
 
-            delivered = await self._write(fn)
+            delivered = await self._write(fn, directory=False)
         except BaseException:
             for blob, *_ in prepared:
                 blob.discard()
@@ -494,7 +702,8 @@ class MailboxStore(MessageStore):
         return delivered
 
     async def orphan_subscriptions(self, account_id: int) -> set[str]:
-        return await self._read(
+        # A handful of rows at most, usually none: on the loop (see INLINE_ROWS).
+        return self._read_inline(
             lambda c: {
                 r[0] for r in c.execute("SELECT name FROM imap_subscriptions WHERE account_id = ?", (account_id,))
             }
@@ -506,7 +715,7 @@ class MailboxStore(MessageStore):
             if subscribed
             else "DELETE FROM imap_subscriptions WHERE account_id = ? AND name = ?"
         )
-        await self._write(lambda c: c.execute(sql, (account_id, name)))
+        await self._write(lambda c: c.execute(sql, (account_id, name)), directory=False)
 
     async def note_first_read(
         self, queue_id: str, message_id: str | None, account: str, protocol: str
@@ -523,5 +732,5 @@ class MailboxStore(MessageStore):
             self._insert_events(c, queue_id, message_id, [("read", {"account": account, "protocol": protocol})], now)
             return True
 
-        return await self._write(fn, durable=False)
+        return await self._write(fn, durable=False, directory=False)
 
