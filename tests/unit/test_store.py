@@ -44,6 +44,18 @@ async def test_accounts_get_special_folders(store: SQLiteStore) -> None:
         await store.add_account("x@unknown.test", "hash")
 
 
+async def test_uidvalidity_is_never_reused_after_a_delete(store: SQLiteStore) -> None:
+    """RFC 9051 §2.3.1.1: a name deleted and re-created gets a new UIDVALIDITY, even
+    within the same second and when the deleted folder held the highest value."""
+    acc = await store.add_account("u@example.test", "hash")
+    seen: set[int] = {f.uidvalidity for f in await store.list_folders(acc.id)}
+    for _ in range(3):
+        f = await store.create_folder(acc.id, "Again")
+        assert f.uidvalidity not in seen and f.uidvalidity > max(seen)
+        seen.add(f.uidvalidity)
+        await store.delete_folder(acc.id, "Again")
+
+
 async def test_concurrent_deliveries_share_commits(store: SQLiteStore) -> None:
     acc = await store.add_account("bob@example.test", "h")
     blobs = []

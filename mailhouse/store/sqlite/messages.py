@@ -43,7 +43,8 @@ class MessageStore(Engine):
         )
 
     async def list_folders(self, account_id: int) -> list[Folder]:
-        return await self._read(
+        # An account has tens of folders, found through the (account_id, name) index.
+        return self._read_inline(
             lambda c: [
                 self._folder(r)
                 for r in c.execute(self._FOLDER_SQL + " WHERE account_id = ? ORDER BY name != 'INBOX', name", (account_id,))
@@ -55,7 +56,7 @@ class MessageStore(Engine):
             r = c.execute(self._FOLDER_SQL + " WHERE account_id = ? AND name = ?", (account_id, _folder_name(name))).fetchone()
             return self._folder(r) if r else None
 
-        return await self._read(fn)
+        return self._read_inline(fn)
 
     _MESSAGE_SQL = (
         "SELECT id, folder_id, uid, internal_date, size, flags, keywords, modseq, queue_id, message_id, parse, blob_id "
