@@ -155,6 +155,21 @@ async def test_large_body_goes_to_a_file_and_is_removed_with_its_last_user(store
     assert path.exists()  # the queue entry still holds it
 
 
+async def test_a_body_file_outlives_a_relaxed_commit_that_dropped_it(store: SQLiteStore) -> None:
+    """A crash may undo a commit made without fsync: the file must stay until a
+    durable commit has made its row's removal permanent."""
+    acc = await store.add_account("bob@example.test", "h")
+    b = store.new_blob()
+    b.write(b"Subject: big\r\n\r\n" + b"x" * (INLINE_MAX + 10))
+    path = b.path
+    assert path is not None
+    await store.deliver(b, incoming("QREL", acc.id, acc.address))
+    await store._write(lambda c: c.execute("DELETE FROM messages WHERE queue_id = 'QREL'"), durable=False)
+    assert path.exists()
+    await store._write(lambda c: c.execute("SELECT 1"))  # any durable commit
+    assert not path.exists()
+
+
 async def test_discarded_blob_leaves_nothing(store: SQLiteStore) -> None:
     b = store.new_blob()
     b.write(b"x" * (INLINE_MAX + 1))

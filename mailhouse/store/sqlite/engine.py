@@ -100,6 +100,7 @@ class Engine:
         self._local = threading.local()
         self._reader_lock = threading.Lock()
         self._sync_full = True  # the writer connection's synchronous mode
+        self._unlink_pending: list[str] = []  # body files to remove after the next durable commit
         self.commits = 0  # for the benchmark: how many transactions carried the writes
         # Recipient lookups run for every RCPT: they read an in-memory snapshot of
         # domains, accounts and aliases, reloaded when the directory counter (moved by
@@ -175,17 +176,29 @@ class Engine:
                     break
                 batch += jobs
             results, orphans = self._run_batch(conn, batch)
-            for (path,) in orphans:
-                if path:
-                    with contextlib.suppress(OSError):
-                        (self.blob_dir / path).unlink()
+            self._unlink_pending += [path for (path,) in orphans if path]
+            # A body file goes only once the commit that dropped its row is durable:
+            # after a relaxed commit a crash could bring the row back without it.
+            # A FULL commit fsyncs the whole WAL, so it makes all earlier ones durable.
+            if self._sync_full and self._unlink_pending:
+                self._unlink(self._unlink_pending)
+                self._unlink_pending = []
             for j, _r, err in results:
                 if err is None:
                     for hook in j.after_commit:
                         with contextlib.suppress(Exception):
                             hook()
             self._settle_all(results)
+        if self._unlink_pending:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(FULL)")  # syncs the WAL first
+                self._unlink(self._unlink_pending)
         conn.close()
+
+    def _unlink(self, paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                (self.blob_dir / path).unlink()
 
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[_Job]
