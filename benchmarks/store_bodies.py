@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from mailhouse.store import sqlite as sq
-from mailhouse.store.sqlite import blobs
 from mailhouse.store.models import Incoming, LocalTarget
+from mailhouse.store.sqlite import blobs
 
 
 async def run(mode: str, messages: int, size: int, concurrency: int) -> float:

@@ -115,6 +115,15 @@ TLS_POLICIES = ("opportunistic", "require", "verify")
 
 
 @dataclass
+class MTASTSSettings:
+    """`[mta_sts]`: applying recipient domains' MTA-STS policies (RFC 8461) outbound."""
+
+    enabled: bool = True
+    port: int = 443  # where policies are fetched; only a test world on one machine changes it
+    timeout: float = 10.0  # the whole policy fetch: connect, TLS, request, body
+
+
+@dataclass
 class Config:
     hostname: str = "localhost"
     domains: list[str] = field(default_factory=lambda: ["localhost"])
@@ -122,11 +131,17 @@ class Config:
     listen: dict[str, tuple[str, int]] = field(default_factory=dict)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # CAs that outbound verification trusts (tls_policy "verify", MTA-STS and its
+    # policy fetch) instead of the system's; None: the system's.
+    tls_ca_file: Path | None = None
     storage_url: str = "sqlite"
     queue: QueueSettings = field(default_factory=QueueSettings)
     nameservers: list[tuple[str, int]] | None = None
+    # The nameservers validate DNSSEC: believe the AD bit of their answers (DANE needs it).
+    dns_trust_ad: bool = False
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     tls_policy: dict[str, str] = field(default_factory=dict)  # next-hop domain -> TLS_POLICIES
+    mta_sts: MTASTSSettings = field(default_factory=MTASTSSettings)
     limits: Limits = field(default_factory=Limits)
     # IMAP/POP3 logins without TLS from non-loopback clients (loopback is always allowed).
     allow_plaintext_auth: bool = False
@@ -178,7 +193,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     _check_keys(
         doc,
         {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits",
-         "tls_policy", "allow_plaintext_auth", "trust"},
+         "tls_policy", "allow_plaintext_auth", "trust", "mta_sts"},
         path.name,
     )
     cfg = Config(path=path.resolve())
@@ -201,12 +216,14 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     cfg.listen = {k: parse_hostport(v, f"listen.{k}") for k, v in listen.items()}
 
     tls = _table(doc, "tls")
-    _check_keys(tls, {"cert", "key"}, "[tls]")
+    _check_keys(tls, {"cert", "key", "ca_file"}, "[tls]")
     if ("cert" in tls) != ("key" in tls):
         raise ConfigError("[tls]: give both cert and key, or neither")
     if "cert" in tls:
         cfg.tls_cert = _resolve(base, tls["cert"], "tls.cert")
         cfg.tls_key = _resolve(base, tls["key"], "tls.key")
+    if "ca_file" in tls:
+        cfg.tls_ca_file = _resolve(base, tls["ca_file"], "tls.ca_file")
 
     storage = _table(doc, "storage")
     _check_keys(storage, {"url"}, "[storage]")
@@ -242,12 +259,21 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
         raise ConfigError("queue.retry_interval must be more than 0")
 
     dns = _table(doc, "dns")
-    _check_keys(dns, {"nameservers"}, "[dns]")
+    _check_keys(dns, {"nameservers", "trust_ad"}, "[dns]")
     if "nameservers" in dns:
         ns = dns["nameservers"]
         if not isinstance(ns, list):
             raise ConfigError("dns.nameservers: expected a list of \"host:port\" or addresses")
         cfg.nameservers = [_nameserver(n) for n in ns]
+    trust_ad = dns.get("trust_ad", False)
+    if not isinstance(trust_ad, bool):
+        raise ConfigError("dns.trust_ad: expected true or false")
+    if trust_ad and not cfg.nameservers:
+        # The AD bit is only as good as the resolver that set it and the path from
+        # it: only believe resolvers the operator chose, never whatever DHCP gave.
+        raise ConfigError("dns.trust_ad needs dns.nameservers: the AD bit is trusted only from "
+                          "validating resolvers you name")
+    cfg.dns_trust_ad = trust_ad
 
     routes = _table(doc, "routes")
     cfg.routes = {k.lower().rstrip("."): parse_hostport(v, f"routes.{k}") for k, v in routes.items()}
@@ -257,6 +283,24 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
         if v not in TLS_POLICIES:
             raise ConfigError(f"tls_policy.{k}: expected one of {', '.join(TLS_POLICIES)}; got {v!r}")
     cfg.tls_policy = {k.lower().rstrip("."): v for k, v in policy.items()}
+
+    sts = _table(doc, "mta_sts")
+    _check_keys(sts, {"enabled", "port", "timeout"}, "[mta_sts]")
+    ms = MTASTSSettings()
+    enabled = sts.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("mta_sts.enabled: expected true or false")
+    ms.enabled = enabled
+    if "port" in sts:
+        v = sts["port"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 65536:
+            raise ConfigError("mta_sts.port: expected a port number")
+        ms.port = v
+    if "timeout" in sts:
+        ms.timeout = parse_duration(sts["timeout"], "mta_sts.timeout")
+        if ms.timeout <= 0:
+            raise ConfigError("mta_sts.timeout must be more than 0")
+    cfg.mta_sts = ms
 
     limits = _table(doc, "limits")
     _check_keys(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 from . import log
@@ -18,6 +19,7 @@ from .queue.manager import QueueManager
 from .queue.routing import Router
 from .store import open_store
 from .trust.hooks import install as install_trust
+from .trust.tlspolicy import outbound_tls
 
 logger = log.get("serve")
 
@@ -39,9 +41,10 @@ async def serve(config: Config) -> None:
     try:
         tls = server_context(config)
         ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
-        resolver = Resolver(config.nameservers)
+        resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
         install_trust(ctx, resolver)
-        deliverer = SMTPDeliverer(config.hostname, config.queue, config.tls_policy)
+        deliverer = SMTPDeliverer(config.hostname, config.queue, config.tls_policy,
+                                  tls=outbound_tls(config, resolver))
         router = Router(resolver, config.routes, config.queue.smtp_port)
         queue = QueueManager(store, router, deliverer, config.queue, config.hostname,
                              max_parallel=config.queue.max_connections)
@@ -64,6 +67,10 @@ async def serve(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        # Everything made at start-up (modules, config, the directory snapshot) lives
+        # as long as the process: out of the collector's sight, it is never rescanned.
+        gc.collect()
+        gc.freeze()
         logger.info("mailhouse ready: hostname=%s data_dir=%s", config.hostname, config.data_dir)
         await stop.wait()
         logger.info("shutting down: no new connections; finishing sessions in flight")

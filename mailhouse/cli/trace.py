@@ -23,6 +23,18 @@ def _tls(tls: Any) -> str:
     return str(tls) if tls else "no TLS"
 
 
+def _tls_policy(p: Any) -> str:
+    """`source/level` (mode), the result and what went wrong, on one line."""
+    if not isinstance(p, dict):
+        return str(p)
+    text = f"{p.get('source')} ({p.get('level')}"
+    text += f", mode {p['mode']})" if p.get("mode") else ")"
+    for key in ("result", "problem", "note"):
+        if p.get(key):
+            text += f"; {key} {p[key]}" if key != "result" else f": {p[key]}"
+    return text
+
+
 def describe(ev: JourneyEvent) -> list[str]:
     d = ev.data
     k = ev.kind
@@ -52,6 +64,10 @@ def describe(ev: JourneyEvent) -> list[str]:
             reused = " (reused connection)" if d.get("reused_connection") else ""
             lines.append(f"connected to {d['host']} [{d.get('address')}]:{d.get('port')}{reused}, "
                          f"{('TLS ' + d['tls']) if d.get('tls') else 'no TLS'}")
+        elif d.get("mx_host"):
+            lines.append(f"not connected to {d['mx_host']}: the TLS policy rules it out")
+        if d.get("tls_policy"):
+            lines.append(f"TLS policy: {_tls_policy(d['tls_policy'])}")
         lines += [f"  {line}" for line in d.get("transcript") or []]
         outcome = d.get("outcome")
         if d.get("error"):

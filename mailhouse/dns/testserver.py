@@ -17,6 +17,16 @@ records is NXDOMAIN; a name outside every apex is REFUSED, which is what a
 real authoritative server says, and what surfaces as "no nameservers" in
 dnspython. Apexes are declared (`Zone("test")`, `add_apex`) or inferred from
 the last two labels of every added name.
+
+DNSSEC is simulated, not implemented: names marked validated
+(`Zone(validated=True)` for all, `zone.set_validated(name)` for one) get the AD
+bit in answers to queries that ask for it (AD or DO set, RFC 6840 §5.7), as a
+validating resolver would send; no RRSIG is ever served. That is all a client
+which trusts its resolver's AD bit (DANE in mailhouse) can see. Any record type
+dnspython knows can be added in presentation format, TLSA included:
+
+    zone.add("_25._tcp.mx.hamburger.edu", "TLSA", "3 1 1 8f3a...")
+    zone.set_validated("_25._tcp.mx.hamburger.edu")
 """
 
 from __future__ import annotations
@@ -84,6 +94,7 @@ class _Answer:
     authoritative: bool = True
     answer: list[dns.rrset.RRset] = field(default_factory=list)
     authority: list[dns.rrset.RRset] = field(default_factory=list)
+    validated: bool = False  # AD-worthy: every name in the answer is marked validated
 
 
 def _name(text: str) -> dns.name.Name:
@@ -118,8 +129,11 @@ class Zone:
     iteration.
     """
 
-    def __init__(self, *apexes: str) -> None:
+    def __init__(self, *apexes: str, validated: bool = False) -> None:
         self._lock = threading.Lock()
+        # Which answers pass as DNSSEC-validated: a default, and per-name exceptions.
+        self._validated_default = validated
+        self._validated: dict[dns.name.Name, bool] = {}
         self._records: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rdataset.Rdataset]] = {}
         self._apexes: set[dns.name.Name] = {_name(a) for a in apexes}
         self._overrides: dict[tuple[dns.name.Name, dns.rdatatype.RdataType | None], _Override] = {}
@@ -158,6 +172,17 @@ class Zone:
             if rdataset is None:
                 rdataset = node[rdtype] = dns.rdataset.Rdataset(IN, rdtype)
             rdataset.add(rdata, ttl)
+
+    def set_validated(self, name: str, validated: bool = True) -> None:
+        """Answers about this exact name carry the AD bit (when asked for) or not.
+
+        An answer following CNAMEs is validated only if every name on the way is.
+        """
+        with self._lock:
+            self._validated[_name(name)] = validated
+
+    def _is_validated(self, name: dns.name.Name) -> bool:
+        return self._validated.get(name, self._validated_default)
 
     def remove(self, name: str, rtype: str | None = None) -> None:
         """Drop a name's records of one type, or everything including fail/stall."""
@@ -234,11 +259,13 @@ class Zone:
             if apex is None:
                 return _Answer(dns.rcode.REFUSED, authoritative=False)
             if not self._exists(qname, apex):
-                return _Answer(dns.rcode.NXDOMAIN, authority=[self._soa(apex)])
+                return _Answer(dns.rcode.NXDOMAIN, authority=[self._soa(apex)],
+                               validated=self._is_validated(qname))
             result = _Answer(dns.rcode.NOERROR)
             result.answer = self._chain(qname, rdtype, apex)
             if not result.answer:
                 result.authority = [self._soa(apex)]
+            result.validated = all(self._is_validated(n) for n in {qname, *(rr.name for rr in result.answer)})
             return result
 
     def _chain(
@@ -531,6 +558,10 @@ class DNSServer:
             response.set_rcode(answer.rcode)
             if answer.authoritative:
                 response.flags |= dns.flags.AA
+            # A validating resolver sets AD only for clients that ask (RFC 6840 §5.7).
+            asked = query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO
+            if answer.validated and asked:
+                response.flags |= dns.flags.AD
             response.answer = list(answer.answer)
             response.authority = list(answer.authority)
         if transport == "tcp":

@@ -25,6 +25,7 @@ from ..queue.routing import Hop, Route
 from ..smtp import client as cm
 from ..smtp.grammar import Reply
 from ..store.models import QueueEntry, QueueRecipient
+from ..trust.tlspolicy import OutboundTLS, TLSRequirement
 
 logger = log.get("smtp")
 
@@ -41,6 +42,10 @@ class HopFailed(Exception):
     def __init__(self, reason: str, transcript: list[tuple[str, str]] | None = None) -> None:
         super().__init__(reason)
         self.transcript = transcript or []
+
+
+class TLSPolicyFailed(HopFailed):
+    """The hop's mandatory TLS (DANE, MTA-STS, [tls_policy]) was not met: never send in the clear."""
 
 
 def _reply_text(reply: Reply | None) -> str:
@@ -60,15 +65,59 @@ class Connection:
     writer: asyncio.StreamWriter
     reply_cap: float | None
     tls: str | None = None
+    tls_key: tuple[Any, ...] = ()  # the TLSRequirement.key it was opened under: reuse only under the same
+    tls_problem: str | None = None  # what the requirement's certificate check found (testing mode goes on)
     last_used: float = field(default_factory=time.monotonic)
     messages: int = 0
     transcript_mark: int = 0
+    # The reply timeout: one lazily re-armed timer per connection rather than an
+    # asyncio.timeout() (an object, a timer handle and a reschedule) per read.
+    _deadline: float = field(default=0.0, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    _timer_at: float = field(default=0.0, repr=False)
+    _reading: asyncio.Task[Any] | None = field(default=None, repr=False)
+    _timed_out: bool = field(default=False, repr=False)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._reading is None:
+            return  # idle: the next read arms the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # replies came meanwhile: wait for the rest
+            self._timer_at = self._deadline
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._timed_out = True
+        self._reading.cancel()
+
+    async def _read(self, timeout: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline = loop.time() + timeout
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._check_deadline)
+        self._reading = asyncio.current_task()
+        try:
+            return await self.reader.read(CHUNK)
+        except asyncio.CancelledError:
+            if self._timed_out and self._reading is not None:
+                self._timed_out = False
+                self._reading.uncancel()
+                raise TimeoutError() from None
+            raise
+        finally:
+            self._reading = None
 
     async def flush(self) -> None:
         data = self.machine.data_to_send()
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            # drain() only when the transport holds back a lot: a coroutine per write
+            # costs on the hot path, and a lost connection shows on the next read anyway.
+            if self.writer.transport.get_write_buffer_size() > CHUNK:
+                await self.writer.drain()
 
     async def event(self) -> cm.Event:
         """The next event, reading (with the RFC's timeouts) as needed."""
@@ -82,8 +131,7 @@ class Connection:
             if self.reply_cap is not None:
                 timeout = min(timeout, self.reply_cap)
             try:
-                async with asyncio.timeout(timeout):
-                    data = await self.reader.read(CHUNK)
+                data = await self._read(timeout)
             except TimeoutError:
                 raise HopFailed(f"timeout after {timeout:.0f}s waiting for {self.host}[{self.address}]") from None
             except (ConnectionError, OSError) as e:
@@ -91,6 +139,9 @@ class Connection:
             self.machine.receive_data(data)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -116,10 +167,13 @@ class SMTPDeliverer:
         hostname: str,
         settings: QueueSettings,
         tls_policy: dict[str, str] | None = None,
+        tls: OutboundTLS | None = None,
     ) -> None:
         self.hostname = hostname
         self.settings = settings
         self.tls_policy = tls_policy or {}
+        # [tls_policy], DANE, MTA-STS: what each hop needs (mailhouse.trust.tlspolicy).
+        self.tls = tls or OutboundTLS(self.tls_policy)
         self._idle: dict[tuple[str, int], list[Connection]] = defaultdict(list)
         self._dest_limits: dict[str, asyncio.Semaphore] = {}
         self._global = asyncio.Semaphore(settings.max_connections)
@@ -173,7 +227,7 @@ class SMTPDeliverer:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    async def _open(self, hop: Hop, address: str, policy: str) -> Connection:
+    async def _open(self, hop: Hop, address: str, policy: TLSRequirement) -> Connection:
         port = hop.port
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
@@ -182,8 +236,10 @@ class SMTPDeliverer:
             raise HopFailed(f"connect to {hop.host}[{address}]:{port}: timed out") from None
         except OSError as e:
             raise HopFailed(f"connect to {hop.host}[{address}]:{port}: {e.strerror or e}") from None
-        machine = cm.ClientConnection(self.hostname, want_tls=policy != "never")
-        conn = Connection(hop.host, address, port, machine, reader, writer, self.settings.reply_timeout)
+        machine = cm.ClientConnection(self.hostname, want_tls=policy.want_tls)
+        conn = Connection(hop.host, address, port, machine, reader, writer, self.settings.reply_timeout,
+                          tls_key=policy.key)
+        failed = TLSPolicyFailed if policy.mandatory else HopFailed
         try:
             while True:
                 ev = await conn.event()
@@ -193,21 +249,24 @@ class SMTPDeliverer:
                     await conn.flush()
                     try:
                         async with asyncio.timeout(self.settings.connect_timeout):
-                            await writer.start_tls(self._tls_context(policy), server_hostname=hop.host)
+                            await writer.start_tls(policy.context(), server_hostname=hop.host)
                     except (ssl.SSLError, OSError, TimeoutError) as e:
-                        raise HopFailed(f"TLS handshake with {hop.host}[{address}] failed: {e}", machine.transcript) from None
+                        raise failed(f"TLS handshake with {hop.host}[{address}] failed: {e}", machine.transcript) from None
                     obj = writer.get_extra_info("ssl_object")
+                    conn.tls_problem = policy.check(obj)
+                    if conn.tls_problem is not None and policy.mandatory:
+                        raise TLSPolicyFailed(f"{hop.host}[{address}]: {conn.tls_problem}", machine.transcript)
                     conn.tls = f"{obj.version()} {obj.cipher()[0]}" if obj is not None else "TLS"
                     machine.tls_established()
                     continue
                 if isinstance(ev, cm.TLSRefused):
-                    if policy in ("require", "verify"):
-                        raise HopFailed(f"{hop.host} refused STARTTLS ({_reply_text(ev.reply)}) and TLS is required",
-                                        machine.transcript)
+                    if policy.mandatory:
+                        raise TLSPolicyFailed(f"{hop.host} refused STARTTLS ({_reply_text(ev.reply)}) and TLS is required",
+                                              machine.transcript)
                     continue
                 if isinstance(ev, cm.Ready):
-                    if policy in ("require", "verify") and not ev.tls:
-                        raise HopFailed(f"{hop.host} does not offer STARTTLS and TLS is required", machine.transcript)
+                    if policy.mandatory and not ev.tls:
+                        raise TLSPolicyFailed(f"{hop.host} does not offer STARTTLS and TLS is required", machine.transcript)
                     return conn
                 if isinstance(ev, cm.ConnectionFailed):
                     raise HopFailed(f"{hop.host}[{address}] {ev.reason}: {_reply_text(ev.reply)}".rstrip(": "),
@@ -222,21 +281,34 @@ class SMTPDeliverer:
     async def deliver(
         self, route: Route, entry: QueueEntry, recipients: list[QueueRecipient], source: bytes | str
     ) -> DomainAttempt:
-        policy = self.tls_policy.get(route.domain, "opportunistic")
+        route_tls = await self.tls.for_route(route)
         att = DomainAttempt()
         failures: list[str] = []
+        tls_failures = 0  # those of a mandatory TLS policy: if all are, the status says so (4.7.5)
         body = await _load(source)
         for hop in route.hops:
+            policy = await route_tls.for_hop(hop)
+            if policy.refused is not None:
+                failures.append(policy.refused)
+                tls_failures += 1
+                att.events.append(("attempt", route_tls.refusal_event(policy, [r.address for r in recipients])))
+                continue
             for address in hop.addresses:
                 started = time.time()
                 event: dict[str, Any] = {
                     "domain": route.domain, "route": route.describe(), "host": hop.host, "address": address,
                     "port": hop.port, "recipients": [r.address for r in recipients], "started": started,
+                    "tls_policy": policy.describe(),
                 }
-                sem = self._dest_limits.setdefault(hop.host, asyncio.Semaphore(self.settings.connections_per_destination))
+                sem = self._dest_limits.get(hop.host)
+                if sem is None:  # (not setdefault: that built a Semaphore per attempt)
+                    sem = self._dest_limits[hop.host] = asyncio.Semaphore(self.settings.connections_per_destination)
                 async with sem, self._global:
                     try:
                         conn = self._take_idle(address, hop.port)
+                        if conn is not None and conn.tls_key != policy.key:
+                            await conn.quit()  # opened under another TLS requirement, maybe a weaker one
+                            conn = None
                         event["reused_connection"] = conn is not None
                         outcome = None
                         if conn is not None:
@@ -249,19 +321,21 @@ class SMTPDeliverer:
                             outcome = await self._transaction(conn, entry, recipients, body)
                     except HopFailed as e:
                         failures.append(str(e))
+                        tls_failures += isinstance(e, TLSPolicyFailed)
                         event.update(outcome="connection-failed", error=str(e), transcript=_lines(e.transcript),
                                      duration=round(time.time() - started, 3))
                         att.events.append(("attempt", event))
                         logger.info("%s: %s", entry.id, e)
                         continue
                 att.remote_mta = hop.host
-                att.dsn_passed_on = "DSN" in conn.machine.extensions
+                att.dsn_passed_on = conn.machine.offers("DSN")
                 for r in recipients:
                     att.results[r.id] = outcome.per_recipient.get(r.address) or RecipientResult(
                         "deferred", "no reply for this recipient", "4.3.0")
                 states = {res.state for res in att.results.values()}
                 event.update(
                     outcome="/".join(sorted(states)), tls=conn.tls, transcript=_lines(outcome.transcript),
+                    tls_policy=policy.report(conn.tls, conn.tls_problem),
                     replies={r.address: att.results[r.id].reply for r in recipients},
                     duration=round(time.time() - started, 3),
                 )
@@ -269,7 +343,8 @@ class SMTPDeliverer:
                 return att
         reason = "; ".join(failures[-3:]) or "no host to try"
         for r in recipients:
-            att.results[r.id] = RecipientResult("deferred", reason, "4.4.1")
+            att.results[r.id] = RecipientResult(
+                "deferred", reason, "4.7.5" if failures and tls_failures == len(failures) else "4.4.1")
         return att
 
     async def _transaction(
@@ -288,11 +363,13 @@ class SMTPDeliverer:
         self, conn: Connection, entry: QueueEntry, recipients: list[QueueRecipient], body: bytes, reused: bool
     ) -> TransactionOutcome:
         m = conn.machine
-        # A fresh connection's journey shows its whole dialogue, greeting and TLS included.
-        mark = len(m.transcript) if reused else 0
-        ext = m.extensions
+        # A fresh connection's journey shows its whole dialogue, greeting and TLS included;
+        # a reused one's only this transaction. (A mark into the bounded transcript was
+        # wrong once its head was full: every later transaction's record came out empty.)
+        if reused:
+            m.restart_transcript()
         eight = not body.isascii()
-        if eight and "8BITMIME" not in ext:
+        if eight and not m.offers("8BITMIME"):
             converted = to_7bit(body)
             if converted is None:
                 res = RecipientResult("failed", "554 5.6.3 the message has 8-bit headers and the next hop "
@@ -321,14 +398,19 @@ class SMTPDeliverer:
                 else:
                     per[ev.address] = _result(ev.reply)
             elif isinstance(ev, cm.ReadyForContent):
-                for i in range(0, len(body), CHUNK):
+                # The end of the message (the dot, or LAST) goes with its last chunk:
+                # one write, one packet and one wake-up of the peer less per message
+                # than a separate ".\r\n" or "BDAT 0 LAST".
+                last = max(len(body) - 1, 0) // CHUNK * CHUNK
+                for i in range(0, last, CHUNK):
                     m.send_content(body[i : i + CHUNK], final=False)
                     await conn.flush()
-                m.send_content(b"", final=True)
+                m.send_content(body[last:], final=True)
                 await conn.flush()
             elif isinstance(ev, cm.MessageResult):
+                res = _result(ev.reply)  # one verdict for all: built once, not per recipient
                 for a in accepted:
-                    per[a] = _result(ev.reply)
+                    per[a] = res
                 break
             elif isinstance(ev, cm.TransactionFailed):
                 reply = mail_reply or ev.reply
@@ -346,11 +428,11 @@ class SMTPDeliverer:
                         "deferred" if not (reply_t.startswith("5")) else "failed",
                         f"{conn.host}[{conn.address}] {reason} {reply_t}".strip(), status_of(reply_t, "4.4.2")))
                 conn.close()
-                return TransactionOutcome(per, m.transcript[mark:])
+                return TransactionOutcome(per, m.transcript)
         # Wait for Ready, then keep the connection for the next message.
         conn.messages += 1
         ev = await conn.event()
-        transcript = m.transcript[mark:]
+        transcript = m.transcript
         if isinstance(ev, cm.Ready):
             self._put_idle(conn)
         else:

@@ -1,4 +1,10 @@
-"""Where mail for a domain goes: a configured route first, then DNS MX (RFC 5321 §5.1)."""
+"""Where mail for a domain goes: a configured route first, then DNS MX (RFC 5321 §5.1).
+
+Routes also carry what DNSSEC proved about them (with `[dns] trust_ad`): whether
+the MX answer was validated, and each host's addresses. DANE (RFC 7672 §2.2)
+applies only along a validated path: a forged MX or address record would let
+an attacker pick the TLSA name to look up, so insecure steps turn it off.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ class Hop:
     port: int
     addresses: list[str]
     preference: int | None = None
+    secure: bool = False  # the address records were DNSSEC-validated
 
 
 @dataclass
@@ -28,13 +35,17 @@ class Route:
     error: str | None = None
     status: str | None = None  # enhanced status for a failure
     permanent: bool = False
+    # The MX answer (for an implicit MX, the proof that there is none) was DNSSEC-validated.
+    secure: bool = False
 
     def describe(self) -> dict[str, object]:
         return {
             "domain": self.domain,
             "how": self.how,
             "mx": [{"preference": p, "host": h} for p, h in self.mx],
-            "hops": [{"host": h.host, "port": h.port, "addresses": h.addresses} for h in self.hops],
+            "hops": [{"host": h.host, "port": h.port, "addresses": h.addresses, "dnssec": h.secure}
+                     for h in self.hops],
+            "dnssec": self.secure,
             "error": self.error,
         }
 
@@ -63,17 +74,17 @@ class Router:
             lit = domain[1:-1].removeprefix("IPv6:").removeprefix("ipv6:")
             return Route(domain, "address-literal", [Hop(lit, self.smtp_port, [lit])])
         try:
-            mx = await self.resolver.mx(domain)
+            mx, secure = await self.resolver.mx_secure(domain)
         except DNSPermanentError as e:
             return Route(domain, "mx", error=str(e), status=e.status, permanent=True)
         except DNSTemporaryError as e:
             return Route(domain, "mx", error=str(e), status="4.4.3")
-        r = Route(domain, "mx" if mx else "implicit-mx", mx=[(m.preference, m.host) for m in mx])
+        r = Route(domain, "mx" if mx else "implicit-mx", mx=[(m.preference, m.host) for m in mx], secure=secure)
         targets = [(m.preference, m.host) for m in mx] if mx else [(None, domain)]
         temp: str | None = None
         for pref, host in targets:
             try:
-                addrs = await self.resolver.addresses(host)
+                addrs, addrs_secure = await self.resolver.addresses_secure(host)
             except DNSTemporaryError as e:
                 temp = str(e)
                 continue
@@ -81,7 +92,7 @@ class Router:
                 temp = temp or str(e)
                 continue
             if addrs:
-                r.hops.append(Hop(host, self.smtp_port, addrs, pref))
+                r.hops.append(Hop(host, self.smtp_port, addrs, pref, addrs_secure))
         if not r.hops:
             if not mx and temp is None:
                 r.error, r.status, r.permanent = f"{domain} has no MX and no address records", "5.1.2", True

@@ -393,7 +393,10 @@ def _orcpt_param(orcpt: str, *, utf8_session: bool) -> str:
 
 
 def _sanitize(line: str) -> str:
-    # Server text ends up in logs and the web UI: no terminal escapes.
+    # Server text ends up in logs and the web UI: no terminal escapes. Nearly every
+    # line is printable (which excludes every control character): skip the regex.
+    if line.isprintable():
+        return line
     return _CONTROL_RE.sub("?", line)
 
 
@@ -477,6 +480,10 @@ class ClientConnection:
         """EHLO keywords of the current session (empty before/after HELO)."""
         return dict(self._extensions)
 
+    def offers(self, keyword: str) -> bool:
+        """Whether the server's EHLO offered this (upper-case) keyword; no copy made."""
+        return keyword in self._extensions
+
     @property
     def tls_active(self) -> bool:
         return self._tls
@@ -525,6 +532,11 @@ class ClientConnection:
         """
         return self._transcript.lines()
 
+    def restart_transcript(self) -> None:
+        """Forget the dialogue so far: the next transaction on a reused session gets
+        a record of its own, with the whole size budget (head and tail) for itself."""
+        self._transcript = _Transcript()
+
     # -------------------------------------------------------------- plumbing
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -553,6 +565,8 @@ class ClientConnection:
             start = stop
 
     def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""  # the driver asks before every read: no copy for nothing
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -583,7 +597,8 @@ class ClientConnection:
         if self._state is not _State.READY:
             raise StateError(f"action not allowed now (state {self._state.name})")
         # The driver may act on the state without pulling the queued Ready.
-        self._events = deque(e for e in self._events if not isinstance(e, Ready))
+        if self._events:
+            self._events = deque(e for e in self._events if not isinstance(e, Ready))
         return True
 
     def start_tls(self) -> None:

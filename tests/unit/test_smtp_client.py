@@ -808,6 +808,34 @@ def test_transcript_is_bounded_and_sanitized() -> None:
     assert not any("\x1b" in line for _, line in lines)
 
 
+def test_restart_transcript_gives_each_transaction_its_own_record() -> None:
+    # A reused connection's journey shows only its own transaction, even after the
+    # bounded transcript's head filled up with earlier ones.
+    conn = connect()
+    for n in range(100):
+        conn.restart_transcript()
+        conn.send_envelope(env(f"user{n}@hamburger.edu"))
+        conn.data_to_send()
+        feed(conn, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.send_content(b"hello\r\n", final=True)
+        conn.data_to_send()
+        assert kinds(feed(conn, b"250 2.0.0 queued\r\n")) == ["MessageResult", "Ready"]
+        lines = conn.transcript
+        assert lines[0] == ("C", "MAIL FROM:<alice@crepes.fr> SIZE=1234")
+        assert ("C", f"RCPT TO:<user{n}@hamburger.edu>") in lines
+        assert lines[-1] == ("S", "250 2.0.0 queued")
+        assert len(lines) == 9
+
+
+def test_transcript_sanitizes_every_control_character() -> None:
+    conn = connect()
+    conn.noop()
+    feed(conn, b"250 a\x00b\x7fc\x1bd\x85e \xc3\xa9\r\n")
+    direction, line = conn.transcript[-1]
+    assert direction == "S"
+    assert not any(ch in line for ch in "\x00\x7f\x1b")
+
+
 # --------------------------------------------------------------------------
 # End to end against the server machine, entirely in memory
 # --------------------------------------------------------------------------

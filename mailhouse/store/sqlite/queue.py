@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from typing import Any
 
 from ..base import BlobWriter, NotFound
@@ -16,35 +17,70 @@ from ..models import (
 from .engine import _now
 from .messages import MessageStore
 
+_PREFETCH_LOCK = threading.Lock()
+
 
 class QueueStore(MessageStore):
     # ------------------------------------------------------------------ queue, journey
-    def _queue_entries(self, c: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[QueueEntry]:
+    # Bodies read along with due entries (inline blobs only), by blob id: the queue
+    # manager asks for each entry's body right after due_queue, and answering that
+    # from here saves an executor hop per message. Consumed on use; bounded in bytes
+    # (a body never asked for, say an entry with nothing pending, must not pile up).
+    _PREFETCH_MAX_BYTES = 64 * 1024 * 1024
+    _prefetch: dict[int, bytes] | None = None
+    _prefetch_bytes = 0
+
+    def _queue_entries(
+        self, c: sqlite3.Connection, where: str, args: tuple[Any, ...], *, with_data: bool = False
+    ) -> list[QueueEntry]:
         rows = c.execute(
             "SELECT q.id, q.sender, q.message_id, q.created, q.next_attempt, q.attempts, q.held, q.last_error, "
-            "q.warned, q.ret, q.envid, q.body_type, q.smtputf8, q.auth_user, b.size, q.blob_id "
-            f"FROM queue q JOIN blobs b ON b.id = q.blob_id {where} ORDER BY q.created",
+            "q.warned, q.ret, q.envid, q.body_type, q.smtputf8, q.auth_user, b.size, q.blob_id"
+            + (", b.data" if with_data else "")
+            + f" FROM queue q JOIN blobs b ON b.id = q.blob_id {where} ORDER BY q.created",
             args,
         ).fetchall()
+        if not rows:
+            return []
+        # All recipients in one query (not one per entry): a due batch is up to
+        # max_connections entries. Chunked below SQLite's bound-parameter limit.
+        by_entry: dict[str, list[QueueRecipient]] = {r[0]: [] for r in rows}
+        ids = list(by_entry)
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for x in c.execute(
+                "SELECT queue_id, id, address, orcpt, notify, state, last_reply, updated FROM queue_recipients "
+                f"WHERE queue_id IN ({','.join('?' * len(part))}) ORDER BY id",
+                part,
+            ):
+                by_entry[x[0]].append(QueueRecipient(*x[1:]))
         out = []
         for r in rows:
-            rcpts = [
-                QueueRecipient(*x)
-                for x in c.execute(
-                    "SELECT id, address, orcpt, notify, state, last_reply, updated FROM queue_recipients "
-                    "WHERE queue_id = ? ORDER BY id",
-                    (r[0],),
-                )
-            ]
+            if with_data and r[16] is not None:
+                data = bytes(r[16])
+                with _PREFETCH_LOCK:  # filled on a reader thread, emptied on the loop's
+                    cache = self._prefetched()
+                    if self._prefetch_bytes + len(data) > self._PREFETCH_MAX_BYTES:
+                        cache.clear()  # leftovers: those still wanted are read again, no harm
+                        self._prefetch_bytes = 0
+                    old = cache.pop(r[15], None)
+                    self._prefetch_bytes += len(data) - (len(old) if old is not None else 0)
+                    cache[r[15]] = data
             out.append(
                 QueueEntry(
                     id=r[0], sender=r[1], message_id=r[2], created=r[3], next_attempt=r[4], attempts=r[5],
                     held=bool(r[6]), last_error=r[7], warned=bool(r[8]), ret=r[9], envid=r[10],
-                    body_type=r[11], smtputf8=bool(r[12]), auth_user=r[13], size=r[14], recipients=rcpts,
+                    body_type=r[11], smtputf8=bool(r[12]), auth_user=r[13], size=r[14], recipients=by_entry[r[0]],
                     blob_id=r[15],
                 )
             )
         return out
+
+    def _prefetched(self) -> dict[int, bytes]:
+        cache = self._prefetch
+        if cache is None:
+            cache = self._prefetch = {}
+        return cache
 
     async def list_queue(self) -> list[QueueEntry]:
         return await self._read(lambda c: self._queue_entries(c, "", ()))
@@ -63,10 +99,16 @@ class QueueStore(MessageStore):
                 )
                 if r[0] not in exclude
             ][:limit]
-            out: list[QueueEntry] = []
-            for qid in ids:
-                out += self._queue_entries(c, "WHERE q.id = ?", (qid,))
-            return out
+            if not ids:
+                return []
+            # One query for the batch (with the bodies of inline blobs), in due order.
+            found = {
+                e.id: e
+                for e in self._queue_entries(
+                    c, f"WHERE q.id IN ({','.join('?' * len(ids))})", tuple(ids), with_data=True
+                )
+            }
+            return [found[i] for i in ids if i in found]
 
         return await self._read(fn)
 
@@ -75,6 +117,13 @@ class QueueStore(MessageStore):
         return float(row[0]) if row and row[0] is not None else None
 
     async def blob_source(self, blob_id: int) -> bytes | str:
+        with _PREFETCH_LOCK:
+            data = self._prefetched().pop(blob_id, None)
+            if data is not None:
+                self._prefetch_bytes -= len(data)
+        if data is not None:
+            return data
+
         def fn(c: sqlite3.Connection) -> bytes | str:
             r = c.execute("SELECT data, path FROM blobs WHERE id = ?", (blob_id,)).fetchone()
             if r is None:
@@ -93,36 +142,89 @@ class QueueStore(MessageStore):
         now = _now()
 
         def fn(c: sqlite3.Connection) -> bool:
-            row = c.execute("SELECT message_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no queued message {queue_id}")
-            c.executemany(
-                "UPDATE queue_recipients SET state = ?, last_reply = ?, updated = ? WHERE id = ? AND queue_id = ?",
-                [(u.state, u.reply, now, u.recipient_id, queue_id) for u in outcome.updates],
-            )
-            c.execute(
+            # This runs on the writer thread for every attempt, holding the GIL the
+            # event loop needs: as few statements as will do.
+            row = c.execute(
                 "UPDATE queue SET next_attempt = ?, attempts = attempts + ?, last_error = ?, "
-                "warned = warned OR ? WHERE id = ?",
+                "warned = warned OR ? WHERE id = ? RETURNING message_id",
                 (outcome.next_attempt, int(outcome.count_attempt), outcome.last_error, int(outcome.warned), queue_id),
-            )
-            self._insert_events(c, queue_id, row[0], outcome.events, now)
+            ).fetchall()  # all: the statement is finished (and reset) before the next
+            if not row:
+                raise NotFound(f"no queued message {queue_id}")
+            if len(outcome.updates) == 1:
+                u = outcome.updates[0]
+                c.execute(
+                    "UPDATE queue_recipients SET state = ?, last_reply = ?, updated = ? WHERE id = ? AND queue_id = ?",
+                    (u.state, u.reply, now, u.recipient_id, queue_id),
+                )
+            elif outcome.updates:
+                c.executemany(
+                    "UPDATE queue_recipients SET state = ?, last_reply = ?, updated = ? WHERE id = ? AND queue_id = ?",
+                    [(u.state, u.reply, now, u.recipient_id, queue_id) for u in outcome.updates],
+                )
             for blob, inc, pj in prepared:
                 self._deliver_tx(c, blob, inc, pj)
             left = c.execute(
-                "SELECT count(*) FROM queue_recipients WHERE queue_id = ? AND state IN ('pending', 'deferred')",
+                "SELECT EXISTS (SELECT 1 FROM queue_recipients WHERE queue_id = ? AND state IN ('pending', 'deferred'))",
                 (queue_id,),
             ).fetchone()[0]
-            if left == 0:
+            events = outcome.events
+            if not left:
                 c.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
-                self._insert_events(c, queue_id, row[0], [("removed", {"reason": "no recipient left pending"})], now)
-                return True
-            return False
+                events = [*events, ("removed", {"reason": "no recipient left pending"})]
+            self._insert_events(c, queue_id, row[0][0], events, now)
+            return not left
 
         try:
-            return await self._write(fn)
+            if prepared:  # notices to queue or deliver: rare, one job alone
+                return await self._write(fn, directory=False)
+            # The common case joins the other attempts finished meanwhile: one
+            # executemany per table for the whole group commit (see _finish_many).
+            return await self._write(fn, directory=False, many=self._finish_many, item=(queue_id, outcome, now))
         finally:
             for blob, _, _ in prepared:
                 blob.close_file()
+
+    def _finish_many(self, c: sqlite3.Connection, items: list[tuple[str, AttemptOutcome, float]]) -> list[bool]:
+        """finish_attempt's fn for a group of attempts without notices: the same
+        changes, a statement per table instead of a few per attempt. Raises if any
+        entry is gone, so that the writer runs each alone (NotFound for that one)."""
+        ids = [qid for qid, _, _ in items]
+        mids: dict[str, str | None] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            mids.update(
+                c.execute(f"SELECT id, message_id FROM queue WHERE id IN ({','.join('?' * len(part))})", part)
+            )
+        if len(mids) != len(items):
+            raise NotFound("a queued message is gone (or listed twice): finish one by one")
+        c.executemany(
+            "UPDATE queue SET next_attempt = ?, attempts = attempts + ?, last_error = ?, "
+            "warned = warned OR ? WHERE id = ?",
+            [(o.next_attempt, int(o.count_attempt), o.last_error, int(o.warned), qid) for qid, o, _ in items],
+        )
+        c.executemany(
+            "UPDATE queue_recipients SET state = ?, last_reply = ?, updated = ? WHERE id = ? AND queue_id = ?",
+            [(u.state, u.reply, now, u.recipient_id, qid) for qid, o, now in items for u in o.updates],
+        )
+        left: set[str] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            left.update(
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT queue_id FROM queue_recipients WHERE state IN ('pending', 'deferred') "
+                    f"AND queue_id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
+        done = [qid for qid in ids if qid not in left]
+        c.executemany("DELETE FROM queue WHERE id = ?", [(qid,) for qid in done])
+        removed = json.dumps({"reason": "no recipient left pending"})
+        rows = [(qid, mids[qid], now, kind, json.dumps(data)) for qid, o, now in items for kind, data in o.events]
+        rows += [(qid, mids[qid], now, "removed", removed) for qid, _, now in items if qid not in left]
+        c.executemany("INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)", rows)
+        return [qid not in left for qid in ids]
 
     async def update_queue_entry(
         self, queue_id: str, *, held: bool | None = None, next_attempt: float | None = None
