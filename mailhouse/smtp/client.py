@@ -548,21 +548,11 @@ class ClientConnection:
             return
         if self._discard_input:
             return  # clear text between the STARTTLS 220 and the handshake
-        data = bytes(data)
-        # Fed a line at a time because the parser raises without returning
-        # what it completed before the garbage, and those replies matter: a
-        # 250 to the end of DATA lost here would mean a duplicate delivery.
-        start = 0
-        end = len(data)
-        while start < end:
-            nl = data.find(b"\n", start)
-            stop = end if nl < 0 else nl + 1
-            try:
-                self._replies.extend(self._parser.feed(data[start:stop]))
-            except ProtocolError as e:
-                self._input_error = e.reason
-                return
-            start = stop
+        try:
+            self._replies.extend(self._parser.feed(data))
+        except ProtocolError as e:
+            self._replies.extend(getattr(e, "completed", ()))  # see ProtocolError
+            self._input_error = e.reason
 
     def data_to_send(self) -> bytes:
         if not self._out:

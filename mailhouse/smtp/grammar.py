@@ -54,7 +54,12 @@ class GrammarError(ValueError):
 
 
 class ProtocolError(GrammarError):
-    """The peer's reply stream is not SMTP: the connection cannot be trusted."""
+    """The peer's reply stream is not SMTP: the connection cannot be trusted.
+
+    ``completed``: the replies the same data completed before the garbage. They
+    matter: a 250 to the end of DATA dropped here would mean a duplicate delivery."""
+
+    completed: list[Reply]
 
 
 class CommandError(GrammarError):
@@ -189,7 +194,7 @@ class ReplyParser:
         """True when a reply has started (or bytes wait) but is not complete."""
         return bool(self._buf) or self._code is not None
 
-    def feed(self, data: bytes) -> list[Reply]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         if self._failed:
             raise ProtocolError("reply parser already failed")
         self._buf += data
@@ -211,8 +216,9 @@ class ReplyParser:
                 reply = self._line(raw)
                 if reply is not None:
                     replies.append(reply)
-        except ProtocolError:
+        except ProtocolError as e:
             self._failed = True
+            e.completed = replies
             raise
         return replies
 
