@@ -7,6 +7,7 @@ logged-in account's id.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 
 from mailhouse.imap import names as nm
@@ -49,12 +50,23 @@ class FolderCommands(SessionState):
 
     async def cmd_list(self, cmd: List) -> None:
         reference = self.decode_name(cmd.reference) if cmd.reference else ""
-        patterns = [nm.canonical_pattern(reference, self.decode_name(p)) for p in cmd.patterns]
+        decoded = [self.decode_name(p) for p in cmd.patterns]
+        if reference is None:
+            decoded = []  # an invalid reference names nothing
+        # An invalid name matches no mailbox (RFC 3501 §5.1.3).
+        patterns = [nm.canonical_pattern(reference or "", p) for p in decoded if p is not None]
+        if not patterns:
+            await self.finish(cmd.tag, "OK", "LIST completed")
+            return
+        assert reference is not None
         if not cmd.extended and patterns == [reference] and cmd.patterns == (b"",):
             # LIST "" "": the delimiter and the root (RFC 9051 §6.3.9).
             root = reference.split(nm.DELIMITER)[0] + nm.DELIMITER if nm.DELIMITER in reference else ""
             self.emit(w.list_response(["\\Noselect"], nm.DELIMITER, root, utf8=self.utf8))
             await self.finish(cmd.tag, "OK", "LIST completed")
+            return
+        if cmd.return_status is not None and "RECENT" in cmd.return_status and self.rev2:
+            self.tagged(cmd.tag, "BAD", "RECENT is not a status item of IMAP4rev2")
             return
         folders = await self._folders()
         subscribed = await self._subscribed(folders)
@@ -86,9 +98,14 @@ class FolderCommands(SessionState):
                     continue
             if folder is None:
                 attrs.append("\\NonExistent" if cmd.extended or self.rev2 else "\\Noselect")
-            elif cmd.return_children or not cmd.extended:
+            if cmd.return_children or not cmd.extended:
                 children = nm.has_children(name, existing | implied)
-                attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+                if folder is not None:
+                    attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+                elif children:
+                    # The \Noselect parent of other names (one deleted with
+                    # inferiors, or never created): RFC 9051 §6.3.4.
+                    attrs.append("\\HasChildren")
             if folder is not None and folder.special_use and (
                 not cmd.extended or cmd.return_special_use or cmd.select_special_use
             ):
@@ -104,12 +121,18 @@ class FolderCommands(SessionState):
             self.emit(w.list_response(attrs, nm.DELIMITER, name, utf8=self.utf8, extended=extended))
             folder = folders.get(name)
             if cmd.return_status is not None and folder is not None:
-                self._status_line(folder, statuses[folder.id], cmd.return_status)
+                summary = statuses[folder.id]
+                recent = await self._recent(folder, summary) if "RECENT" in cmd.return_status else 0
+                self._status_line(folder, summary, cmd.return_status, recent)
         await self.finish(cmd.tag, "OK", "LIST completed")
 
     async def cmd_lsub(self, cmd: Lsub) -> None:
         reference = self.decode_name(cmd.reference) if cmd.reference else ""
-        pattern = nm.canonical_pattern(reference, self.decode_name(cmd.pattern))
+        decoded = self.decode_name(cmd.pattern)
+        if reference is None or decoded is None:
+            await self.finish(cmd.tag, "OK", "LSUB completed")  # an invalid name matches nothing
+            return
+        pattern = nm.canonical_pattern(reference, decoded)
         folders = await self._folders()
         subscribed = sorted(await self._subscribed(folders))
         shown: set[str] = set()
@@ -133,7 +156,26 @@ class FolderCommands(SessionState):
 
     # -- STATUS -----------------------------------------------------------------------------------------
 
-    def _status_line(self, folder: Folder, summary: FolderSummary, items: Sequence[str]) -> None:
+    async def _recent(self, folder: Folder, summary: FolderSummary) -> int:
+        """STATUS RECENT: what SELECT would count as \\Recent (mailbox.py),
+        the messages no session claimed yet, plus those this session holds
+        when the folder is the selected one."""
+        mark = self.watcher.recent_marks.get(folder.id, 0)
+        if mark >= folder.uidnext:
+            unclaimed = 0
+        elif mark == 0:
+            unclaimed = summary.messages
+        else:
+            uids = await self.store.folder_uids(folder.id)
+            unclaimed = len(uids) - bisect_left(uids, mark)
+        view = self.view
+        if view is not None and view.folder_id == folder.id:
+            unclaimed += view.recent_count()
+        return unclaimed
+
+    def _status_line(
+        self, folder: Folder, summary: FolderSummary, items: Sequence[str], recent: int = 0
+    ) -> None:
         values: list[tuple[str, int]] = []
         for item in items:
             if item == "MESSAGES":
@@ -146,12 +188,15 @@ class FolderCommands(SessionState):
                 values.append((item, summary.unseen))
             elif item == "DELETED":
                 values.append((item, summary.deleted))
+            elif item == "DELETED-STORAGE":
+                # RFC 9208 §5.1: what EXPUNGE would free, the sizes of the \Deleted messages.
+                values.append((item, summary.deleted_size))
             elif item == "SIZE":
                 values.append((item, summary.size))
             elif item == "HIGHESTMODSEQ":
                 values.append((item, folder.highestmodseq))
             elif item == "RECENT":
-                values.append((item, 0))
+                values.append((item, recent))
             elif item == "APPENDLIMIT":
                 values.append((item, self.ctx.config.limits.max_message_size))
         self.emit(w.status(folder.name, values, utf8=self.utf8))
@@ -159,14 +204,18 @@ class FolderCommands(SessionState):
     async def cmd_status(self, cmd: Status) -> None:
         assert self.account is not None
         name = self.decode_name(cmd.mailbox)
-        folder = await self.store.get_folder(self.account.id, name)
+        if "RECENT" in cmd.items and self.rev2:
+            self.tagged(cmd.tag, "BAD", "RECENT is not a status item of IMAP4rev2")
+            return
+        folder = await self.store.get_folder(self.account.id, name) if name is not None else None
         if folder is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
             return
         if "HIGHESTMODSEQ" in cmd.items:
             self.enable_condstore()
         summary = (await self.store.folder_summaries([folder.id]))[folder.id]
-        self._status_line(folder, summary, cmd.items)
+        recent = await self._recent(folder, summary) if "RECENT" in cmd.items else 0
+        self._status_line(folder, summary, cmd.items, recent)
         await self.finish(cmd.tag, "OK", "STATUS completed")
 
     # -- CREATE / DELETE / RENAME / (UN)SUBSCRIBE ------------------------------------------------------------
@@ -186,7 +235,11 @@ class FolderCommands(SessionState):
 
     async def cmd_create(self, cmd: Create) -> None:
         assert self.account is not None
-        name = self.decode_name(cmd.mailbox).rstrip(nm.DELIMITER)
+        decoded = self.decode_name(cmd.mailbox)
+        if decoded is None:
+            self.tagged(cmd.tag, "NO", "Invalid mailbox name", w.Code.CANNOT)
+            return
+        name = decoded.rstrip(nm.DELIMITER)
         problem = nm.check_new_name(name)
         if problem is not None:
             self.tagged(cmd.tag, "NO", problem, w.Code.CANNOT)
@@ -223,16 +276,22 @@ class FolderCommands(SessionState):
     async def cmd_delete(self, cmd: Delete) -> None:
         assert self.account is not None
         name = self.decode_name(cmd.mailbox)
+        if name is None:
+            self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
+            return
         if name == "INBOX":
             self.tagged(cmd.tag, "NO", "INBOX cannot be deleted", w.Code.CANNOT)
             return
         folders = await self._folders()
         if name not in folders:
-            self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
+            if nm.has_children(name, folders):
+                # Only a parent of other names already (\Noselect): RFC 9051 §6.3.4.
+                self.tagged(cmd.tag, "NO", "Mailbox has inferior hierarchical names", w.Code.HASCHILDREN)
+            else:
+                self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
             return
-        if nm.has_children(name, folders):
-            self.tagged(cmd.tag, "NO", "Mailbox has inferior hierarchical names", w.Code.HASCHILDREN)
-            return
+        # A mailbox with inferiors goes with its messages; the inferiors stay
+        # and the name lives on as their \Noselect parent (RFC 9051 §6.3.4).
         try:
             await self.store.delete_folder(self.account.id, name)
         except NotFound:
@@ -248,10 +307,17 @@ class FolderCommands(SessionState):
     async def cmd_rename(self, cmd: Rename) -> None:
         assert self.account is not None
         old = self.decode_name(cmd.mailbox)
-        new = self.decode_name(cmd.new_name).rstrip(nm.DELIMITER)
+        decoded = self.decode_name(cmd.new_name)
+        if decoded is None:
+            self.tagged(cmd.tag, "NO", "Invalid mailbox name", w.Code.CANNOT)
+            return
+        new = decoded.rstrip(nm.DELIMITER)
         problem = nm.check_new_name(new)
         if problem is not None:
             self.tagged(cmd.tag, "NO", problem, w.Code.CANNOT)
+            return
+        if old is None:
+            self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
             return
         folders = await self._folders()
         if old not in folders:
@@ -279,6 +345,10 @@ class FolderCommands(SessionState):
     async def _subscribe(self, tag: str, raw: bytes, subscribed: bool) -> None:
         assert self.account is not None
         name = self.decode_name(raw)
+        if name is None:
+            code = w.Code.CANNOT if subscribed else w.Code.NONEXISTENT
+            self.tagged(tag, "NO", "Invalid mailbox name", code)
+            return
         try:
             await self.store.set_subscribed(self.account.id, name, subscribed)
         except NotFound:
@@ -301,6 +371,10 @@ class FolderCommands(SessionState):
         account = self.account
         assert account is not None
         name = self.decode_name(cmd.mailbox)
+        if name is None:
+            # No TRYCREATE: CREATE would refuse the name too (RFC 9051 §6.3.12).
+            self.tagged(cmd.tag, "NO", "Invalid mailbox name", w.Code.NONEXISTENT)
+            return
         folder = await self.folder_named(name)
         if folder is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.TRYCREATE)
@@ -344,7 +418,7 @@ class FolderCommands(SessionState):
     async def cmd_getquotaroot(self, cmd: GetQuotaRoot) -> None:
         assert self.account is not None
         name = self.decode_name(cmd.mailbox)
-        if await self.store.get_folder(self.account.id, name) is None:
+        if name is None or await self.store.get_folder(self.account.id, name) is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
             return
         fresh = self.store.find_account(self.account.address) or self.account

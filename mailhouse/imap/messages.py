@@ -47,6 +47,15 @@ def _internal_date(ts: float) -> str:
     return w.format_internal_date(datetime.fromtimestamp(ts, UTC))
 
 
+def _literal(label: bytes, data: bytes) -> bytes:
+    """``label {n}`` CRLF and the data. A plain literal is CHAR8, without NUL
+    (RFC 9051 §9; only BINARY uses literal8): a NUL of a message stored with
+    binary content is sent as 0x80, as Dovecot does, which keeps the size."""
+    if b"\0" in data:
+        data = data.replace(b"\0", b"\x80")
+    return b"%s {%d}\r\n%s" % (label, len(data), data)
+
+
 class MessageCommands(SessionState):
     # -- which messages a set names ------------------------------------------------------------
 
@@ -115,12 +124,20 @@ class MessageCommands(SessionState):
         seen_now: set[int] = set()
         if plan.sets_seen and not view.readonly:
             seen_now = await self._mark_seen(view, idx)
+        unknown_cte = False
         if not plan.needs_message:
             self._fetch_from_arrays(view, idx, plan, seen_now)
             missing = False
+        elif plan.header_only:
+            missing = await self._fetch_headers(view, idx, plan, seen_now)
         else:
-            missing = await self._fetch_messages(view, idx, plan, seen_now)
-        if missing:
+            missing, unknown_cte = await self._fetch_messages(view, idx, plan, seen_now)
+        if unknown_cte:
+            # RFC 3516 §4.1: a BINARY of a part whose encoding is unknown.
+            await self.finish(
+                cmd.tag, "NO", "Unknown Content-Transfer-Encoding", w.Code.UNKNOWN_CTE, expunge_ok=cmd.uid,
+            )
+        elif missing:
             await self.finish(
                 cmd.tag, "NO", "Some of the requested messages no longer exist",
                 w.Code.EXPUNGEISSUED, expunge_ok=cmd.uid,
@@ -167,6 +184,9 @@ class MessageCommands(SessionState):
         names = [i.name for i in plan.items if isinstance(i, FetchAttr)]
         if not plan.wants_flags and seen_now:
             names.append("FLAGS")
+        if seen_now and self.condstore and not plan.wants_modseq:
+            # RFC 7162 §3.2: a flag change is reported with its MODSEQ.
+            names.append("MODSEQ")
         uids, flags, modseqs, sizes, keywords = view.uids, view.flags, view.modseqs, view.sizes, view.keywords
         mask = 0xFF if not self.rev2 else 0x1F
         texts: dict[tuple[int, str], bytes] = {}
@@ -207,10 +227,9 @@ class MessageCommands(SessionState):
 
     async def _fetch_messages(
         self, view: MailboxView, idx: Sequence[int], plan: fx.FetchPlan, seen_now: set[int]
-    ) -> bool:
-        missing = False
-        if plan.header_only:
-            return await self._fetch_headers(view, idx, plan, seen_now)
+    ) -> tuple[bool, bool]:
+        """(some messages were missing, a BINARY met an unknown encoding)."""
+        missing = unknown_cte = False
         for start in range(0, len(idx), FETCH_BATCH):
             batch = idx[start : start + FETCH_BATCH]
             uids = [view.uids[i] for i in batch if view.uids[i] not in view.gone]
@@ -219,7 +238,7 @@ class MessageCommands(SessionState):
             if plan.needs_blob and msgs:
                 blobs = await self.store.read_blobs([m.blob_id for m in msgs.values()])
             if self.view is not view:
-                return missing
+                return missing, unknown_cte
             for i in batch:
                 msg = msgs.get(view.uids[i])
                 if msg is None:
@@ -231,12 +250,16 @@ class MessageCommands(SessionState):
                         self._render(view, i, msg.parse, msg.internal_date, raw, plan, view.uids[i] in seen_now)
                     )
                 except fx.UnknownEncoding:
-                    missing = True
+                    unknown_cte = True
                     logger.info("[%s]: BINARY of an unknown transfer encoding, uid %d", self.peer, msg.uid)
+                    if msg.uid in seen_now:
+                        # \Seen was set before the part proved undecodable: the
+                        # client still learns the flag change.
+                        self.emit(self.flags_fetch(i))
                 if raw is not None:
                     self._note_read(msg, plan, unseen=msg.uid in seen_now or "\\Seen" not in msg.flags)
             await self.maybe_flush()
-        return missing
+        return missing, unknown_cte
 
     async def _fetch_headers(
         self, view: MailboxView, idx: Sequence[int], plan: fx.FetchPlan, seen_now: set[int]
@@ -259,8 +282,7 @@ class MessageCommands(SessionState):
                 t = texts[key] = b"FLAGS (" + view.flag_text(i, recent=recent).encode() + b")"
             return t
 
-        def literal(label: bytes, data: bytes) -> bytes:
-            return b"%s {%d}\r\n%s" % (label, len(data), data)
+        literal = _literal
 
         def section_item(item: BodySection, label: bytes) -> Callable[[int, CachedHeader], bytes]:
             text, names = item.section.text, item.section.fields
@@ -299,6 +321,9 @@ class MessageCommands(SessionState):
                 ops.append(lambda i, entry: literal(b"RFC822.HEADER", entry.header))
         if seen_now and not plan.wants_flags:
             ops.append(lambda i, entry: flags_item(i, entry) if uids[i] in seen_now else b"")
+        if seen_now and self.condstore and not plan.wants_modseq:
+            # RFC 7162 §3.2: a flag change is reported with its MODSEQ.
+            ops.append(lambda i, entry: b"MODSEQ (%d)" % modseqs[i] if uids[i] in seen_now else b"")
         missing = False
         folder_id, validity = view.folder_id, view.uidvalidity
         for start in range(0, len(idx), HEADER_BATCH):
@@ -372,7 +397,7 @@ class MessageCommands(SessionState):
                         data = fx.section_bytes(raw, parse, Section(text="HEADER")) or b""
                     else:
                         data = fx.section_bytes(raw, parse, Section(text="TEXT")) or b""
-                    out.append(b"%s {%d}\r\n%s" % (label, len(data), data))
+                    out.append(_literal(label, data))
             elif isinstance(item, BodySection):
                 assert raw is not None
                 section = fx.section_bytes(raw, parse, item.section)
@@ -380,7 +405,7 @@ class MessageCommands(SessionState):
                     out.append(label + b" NIL")
                 else:
                     data = fx.partial(section, item)
-                    out.append(b"%s {%d}\r\n%s" % (label, len(data), data))
+                    out.append(_literal(label, data))
             elif isinstance(item, BinarySection):
                 assert raw is not None
                 data2 = fx.binary_bytes(raw, parse, item.part)
@@ -392,6 +417,9 @@ class MessageCommands(SessionState):
                 out.append(label + (b" NIL" if data3 is None else b" %d" % len(data3)))
         if seen_now and not plan.wants_flags:
             out.append(self._simple_values(view, i, FetchAttr("FLAGS")))
+        if seen_now and self.condstore and not plan.wants_modseq:
+            # RFC 7162 §3.2: a flag change is reported with its MODSEQ.
+            out.append(b"MODSEQ (%d)" % view.modseqs[i])
         return b"* %d FETCH (" % (i + 1) + b" ".join(out) + b")\r\n"
 
     def _note_read(self, msg: Message, plan: fx.FetchPlan, *, unseen: bool) -> None:
@@ -433,18 +461,25 @@ class MessageCommands(SessionState):
         mode = {"set": "replace", "add": "add", "remove": "remove"}[cmd.action]
         changes: list[Any] = []
         failed: list[int] = []
+        vanished: list[int] = []
         if uids:
             changes, failed = await self.store.store_flags(
-                view.folder_id, uids, mode, set(cmd.flags), cmd.unchanged_since
+                view.folder_id, uids, mode, set(cmd.flags), cmd.unchanged_since, missing=vanished
             )
         if self.view is not view:
             return
         self._apply_changes(view, changes)
+        if vanished:
+            # Expunged by another session, not yet announced here: no FETCH
+            # with flags the message no longer has (RFC 2180 §4.2.1); the next
+            # refresh brings its EXPUNGE.
+            self.dirty = True
         changed = {c.uid for c in changes}
+        skip = set(failed) | set(vanished)
         failed_set = set(failed)
         for i in idx:
             uid = view.uids[i]
-            if uid in failed_set or uid in view.gone:
+            if uid in skip or uid in view.gone:
                 continue
             if not cmd.silent:
                 parts = [b"FLAGS (" + view.flag_text(i, recent=not self.rev2).encode() + b")"]
@@ -484,6 +519,10 @@ class MessageCommands(SessionState):
     async def cmd_search(self, cmd: Search) -> None:
         view = self.view
         assert view is not None
+        if cmd.charset is not None and "UTF8=ACCEPT" in self.enabled:
+            # RFC 6855 §3: after ENABLE UTF8=ACCEPT a SEARCH names no charset.
+            self.tagged(cmd.tag, "BAD", "SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT")
+            return
         charset = parse_charset(cmd.charset)
         if charset is None:
             self.tagged(cmd.tag, "NO", "Unsupported charset", w.Code.badcharset(["UTF-8", "US-ASCII"]))
@@ -601,6 +640,10 @@ class MessageCommands(SessionState):
             self.tagged(cmd.tag, "BAD", "Invalid message sequence number")
             return
         name = self.decode_name(cmd.mailbox)
+        if name is None:
+            # Not a valid name: no mailbox, and CREATE would not make one either.
+            self.tagged(cmd.tag, "NO", "Invalid mailbox name", w.Code.NONEXISTENT)
+            return
         target = await self.store.get_folder(self.account.id, name)
         if target is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.TRYCREATE)

@@ -164,6 +164,7 @@ STATUS_ITEMS: Final = frozenset(
         "UIDVALIDITY",
         "UNSEEN",
         "DELETED",
+        "DELETED-STORAGE",
         "SIZE",
         "HIGHESTMODSEQ",
         "RECENT",
@@ -1971,7 +1972,8 @@ def _parse_command(text: bytes, lits: list[bytes], max_depth: int) -> Command | 
             r.pos = fast.end(2)
         else:
             m = _TAG.match(text)
-            if m is None:
+            if m is None or (m.end() < r.end and text[m.end()] != 0x20):
+                # "a* NOOP": the tag is not all tag characters, so there is none.
                 return ParseError(None, "Missing or invalid tag")
             tag = m.group().decode("ascii")
             r.pos = m.end()
@@ -2207,7 +2209,9 @@ class CommandParser:
         m = _HEAD.match(first)
         if m is None:
             t = _TAG.match(first)
-            return (t.group().decode("ascii") if t is not None else None), None
+            if t is None or (t.end() < len(first) and first[t.end()] != 0x20):
+                return None, None
+            return t.group().decode("ascii"), None
         tag = m.group(1).decode("ascii")
         word = m.group(2).decode("ascii").upper()
         if word == "UID" and m.group(3):

@@ -471,8 +471,11 @@ class IMAPSession(FolderCommands, MessageCommands):
 
     async def cmd_enable(self, cmd: Enable) -> None:
         newly: list[str] = []
+        before = set(self.enabled)
         for cap in cmd.capabilities:
-            if cap not in ENABLEABLE or cap in self.enabled:
+            # Judged against what was on before this command: "QRESYNC
+            # CONDSTORE" turns both on and lists both (RFC 5161 §3.1).
+            if cap not in ENABLEABLE or cap in before or cap in newly:
                 continue
             self.enabled.add(cap)
             newly.append(cap)
@@ -506,7 +509,8 @@ class IMAPSession(FolderCommands, MessageCommands):
         if cmd.qresync is not None and not self.qresync:
             self.tagged(cmd.tag, "BAD", "QRESYNC needs ENABLE QRESYNC first")
             return
-        cols = await self.folder_columns_named(self.decode_name(cmd.mailbox))
+        name = self.decode_name(cmd.mailbox)
+        cols = await self.folder_columns_named(name) if name is not None else None
         if cols is None:
             self.tagged(cmd.tag, "NO", "No such mailbox", w.Code.NONEXISTENT)
             return

@@ -163,8 +163,17 @@ class SessionState:
 
     # -- names ---------------------------------------------------------------------------------
 
-    def decode_name(self, raw: bytes) -> str:
-        return normalize(decode_mailbox_name(raw, utf8=self.utf8))
+    def decode_name(self, raw: bytes) -> str | None:
+        """The stored form of the name the client sent, or None when ``raw``
+        is not a valid name in the session's encoding (modified UTF-7 with
+        8-bit octets, a malformed or non-canonical ``&...-`` run, invalid
+        UTF-8 after UTF8=ACCEPT: RFC 3501 §5.1.3, RFC 6855 §3). Such a name
+        is refused by CREATE and RENAME and names no mailbox elsewhere: a
+        repaired decoding would make two spellings alias one mailbox."""
+        try:
+            return normalize(decode_mailbox_name(raw, utf8=self.utf8, strict=True))
+        except ValueError:
+            return None
 
     def name_bytes(self, name: str) -> bytes:
         return w.mailbox_name(name, utf8=self.utf8)

@@ -10,9 +10,10 @@ were sent; the session picks the decoding with :func:`decode_mailbox_name`.
 
 Decoding never raises unless ``strict`` is asked for: broken input (an
 unterminated ``&``, bad base64, odd byte counts, lone surrogates, 8-bit
-bytes in a rev1 name) is kept or repaired rather than rejected, because a
-client must still be able to list, rename and delete a mailbox with a
-strange name.
+bytes in a rev1 name) is kept or repaired rather than rejected. The
+session decodes strictly (RFC 3501 §5.1.3): a repaired name would let two
+spellings alias one mailbox. A mailbox whose stored name is strange stays
+reachable under the canonical encoding LIST shows for it.
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ def string(value: str | bytes, *, utf8: bool = False) -> bytes:
             pass
         else:
             return b'"' + data + b'"'
+    if b"\0" in data:
+        data = data.replace(b"\0", b"\x80")  # a plain literal has no NUL (RFC 9051 §9)
     return _literal(data)
 
 

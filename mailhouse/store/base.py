@@ -167,8 +167,12 @@ class Store(abc.ABC):
         mode: str,
         flags: set[str],
         unchanged_since: int | None = None,
+        *,
+        missing: list[int] | None = None,
     ) -> tuple[list[FlagChange], list[int]]:
-        """mode: "add" / "remove" / "replace". Returns (changed, failed-by-UNCHANGEDSINCE)."""
+        """mode: "add" / "remove" / "replace". Returns (changed, failed-by-UNCHANGEDSINCE).
+        The UIDs no longer in the folder (expunged meanwhile) are added to
+        ``missing`` when a list is given."""
 
     @abc.abstractmethod
     async def expunge(self, folder_id: int, uids: list[int] | None = None) -> list[int]:

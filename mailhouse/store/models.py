@@ -276,6 +276,8 @@ class FolderSummary:
     unseen: int
     deleted: int
     size: int
+    deleted_size: int = 0
+    """Octets of the messages with \\Deleted (STATUS DELETED-STORAGE, RFC 9208)."""
 
 
 @dataclass(frozen=True)

@@ -1301,3 +1301,29 @@ def test_mailbox_name_helpers() -> None:
         decode_mailbox_name(b"\xff", utf8=True, strict=True)
     assert encode_mailbox_name("Entwürfe", utf8=False) == b"Entw&APw-rfe"
     assert encode_mailbox_name("Entwürfe", utf8=True) == "Entwürfe".encode()
+
+
+def test_tag_with_a_non_tag_character_is_no_tag() -> None:
+    # "*" and "+" are not tag characters: "a* NOOP" has no tag (untagged BAD).
+    for line in (b"a* NOOP", b"a+ NOOP", b"a%b NOOP", b"a(b NOOP"):
+        e = err(line)
+        assert e.tag is None and e.response() == b"* BAD Missing or invalid tag\r\n", line
+    p = CommandParser()
+    p.feed(b"a* APPEND INBOX {5}\r\n")
+    e = p.next()
+    assert isinstance(e, ParseError) and e.tag is None
+    assert one(b"a] NOOP") == Noop(tag="a]")  # "]" is an ASTRING-CHAR
+
+
+def test_id_needs_field_value_pairs() -> None:
+    # RFC 2971 §4: id_params_list is (string SP nstring) pairs.
+    assert one(b'A1 ID ("a" "b" "c" NIL)') == Id(tag="A1", parameters=(("a", "b"), ("c", None)))
+    assert err(b'A1 ID ("a" "b" "c")').tag == "A1"
+    assert err(b'A1 ID ("a" "b" )').tag == "A1"
+    assert err(b'A1 ID ("a")').tag == "A1"
+
+
+def test_status_deleted_storage_item() -> None:
+    # RFC 9208 §5.1 (QUOTA=RES-STORAGE is advertised).
+    cmd = one(b"A1 STATUS INBOX (DELETED DELETED-STORAGE)")
+    assert isinstance(cmd, Status) and cmd.items == ("DELETED", "DELETED-STORAGE")

@@ -30,7 +30,7 @@ PDT = dt.timezone(dt.timedelta(hours=-7))
         ("back\\slash", False, b"{10}\r\nback\\slash"),
         ("two\r\nlines", False, b"{10}\r\ntwo\r\nlines"),
         ("bare\nlf", False, b"{7}\r\nbare\nlf"),
-        ("nul\x00", False, b"{4}\r\nnul\x00"),
+        ("nul\x00", False, b"{4}\r\nnul\x80"),  # no NUL in a literal (RFC 9051 §9)
         ("bell\x07", False, b"{5}\r\nbell\x07"),
         ("café", False, b"{5}\r\ncaf\xc3\xa9"),
         ("café", True, b'"caf\xc3\xa9"'),
@@ -65,8 +65,10 @@ def test_encode_values() -> None:
 
 @given(st.one_of(st.text(max_size=50), st.binary(max_size=50)), st.booleans())
 def test_strings_read_back(value: str | bytes, utf8: bool) -> None:
-    # Whatever the choice, the parser reads back exactly the octets.
+    # Whatever the choice, the parser reads back exactly the octets (but NUL,
+    # which a literal cannot carry: it comes back as 0x80).
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    raw = raw.replace(b"\0", b"\x80")
     wire = w.string(value, utf8=utf8)
     p = CommandParser()
     p.feed(b"a LOGIN " + wire + b" x\r\n")
@@ -535,3 +537,9 @@ def test_mailbox_name_encoding() -> None:
     assert w.mailbox_name("A & B") == b'"A &- B"'
     assert w.mailbox_name('with "quote"') == b'{12}\r\nwith "quote"'
     assert w.mailbox_name("") == b'""'
+
+
+def test_string_literal_never_carries_nul() -> None:
+    # RFC 9051 §9: a literal is CHAR8; NUL goes out as 0x80, the size kept.
+    assert w.string(b"a\x00b") == b"{3}\r\na\x80b"
+    assert w.encode(w.binary_literal(b"a\x00b")) == b"~{3}\r\na\x00b"

@@ -252,14 +252,17 @@ class MailboxStore(MessageStore):
         mode: str,
         flags: set[str],
         unchanged_since: int | None = None,
+        *,
+        missing: list[int] | None = None,
     ) -> tuple[list[FlagChange], list[int]]:
         bits, keywords = flags_to_bits(flags)
         kw = set(keywords.split())
 
-        def fn(c: sqlite3.Connection) -> tuple[int, list[FlagChange], list[int]]:
+        def fn(c: sqlite3.Connection) -> tuple[int, list[FlagChange], list[int], list[int]]:
             account = self._account_of(c, folder_id)
             changed: list[FlagChange] = []
             failed: list[int] = []
+            absent: list[int] = []
             modseq: int | None = None
             for i in range(0, len(uids), 500):
                 part = uids[i : i + 500]
@@ -268,6 +271,9 @@ class MailboxStore(MessageStore):
                     f"({','.join('?' * len(part))})",
                     (folder_id, *part),
                 ).fetchall()
+                if len(rows) < len(part):
+                    found = {r[0] for r in rows}
+                    absent.extend(u for u in part if u not in found)
                 for uid, fbits, fkw, mseq in rows:
                     if unchanged_since is not None and mseq > unchanged_since:
                         failed.append(uid)
@@ -289,11 +295,13 @@ class MailboxStore(MessageStore):
                         (nbits, kws, modseq, folder_id, uid),
                     )
                     changed.append(FlagChange(uid, bits_to_flags(nbits, kws), modseq))
-            return account, changed, failed
+            return account, changed, failed, absent
 
         # Flags are not worth an fsync each (Dovecot does not either): a crash may
         # lose the last changes, which the next durable commit would have carried.
-        account, changed, failed = await self._write(fn, durable=False, directory=False)
+        account, changed, failed, absent = await self._write(fn, durable=False, directory=False)
+        if missing is not None:
+            missing.extend(absent)
         if changed:
             self._publish([Change(account, folder_id, "flags")])
         return changed, failed
@@ -568,12 +576,13 @@ class MailboxStore(MessageStore):
         def fn(c: sqlite3.Connection) -> dict[int, FolderSummary]:
             out: dict[int, FolderSummary] = {}
             for fid in folder_ids:
-                n, unseen, dels, size = c.execute(
+                n, unseen, dels, size, dsize = c.execute(
                     "SELECT count(*), coalesce(sum((flags & ?) = 0), 0), coalesce(sum((flags & ?) != 0), 0), "
-                    "coalesce(sum(size), 0) FROM messages WHERE folder_id = ?",
-                    (seen, deleted, fid),
+                    "coalesce(sum(size), 0), coalesce(sum(CASE WHEN flags & ? THEN size ELSE 0 END), 0) "
+                    "FROM messages WHERE folder_id = ?",
+                    (seen, deleted, deleted, fid),
                 ).fetchone()
-                out[fid] = FolderSummary(int(n), int(unseen), int(dels), int(size))
+                out[fid] = FolderSummary(int(n), int(unseen), int(dels), int(size), int(dsize))
             return out
 
         return await self._read(fn)
