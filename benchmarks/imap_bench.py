@@ -22,17 +22,18 @@ time per client); the targets run one after the other, never together, on
 
 Fairness, and what each side pays:
 
-* Durability. mailhouse answers APPEND and EXPUNGE after an fsync'd commit
+* Durability. mailhouse answers APPEND (and COPY) after an fsync'd commit
   (SQLite WAL, ``synchronous=FULL``, group commit); flag changes (STORE, the
-  implicit \\Seen) commit without waiting for an fsync. Dovecot runs with its
+  implicit \\Seen) and EXPUNGE commit without waiting for an fsync (durable
+  at the next fsync'd commit; a crash can bring an expunged message back,
+  never lose one). Dovecot runs with its
   default ``mail_fsync = optimized`` (written out in the config). Traced with
   strace, one session of this workload against it (November 2026, Dovecot
   2.3.19): APPEND fsyncs the new message file and fdatasyncs two index files
   before its OK; STORE and EXPUNGE fsync nothing (Maildir renames and
   unlinks); LIST, SELECT and a FETCH BODY[] sometimes fdatasync an index or
   cache file (~1 fsync + ~3 fdatasync per session in all). So both make
-  APPEND durable before answering, and mailhouse's EXPUNGE is more durable
-  than Dovecot's; ``--dovecot-strace`` counts Dovecot's calls during a run
+  APPEND durable before answering, and neither EXPUNGE; ``--dovecot-strace`` counts Dovecot's calls during a run
   (strace slows it down: not for the figures).
 * Passwords. Dovecot checks ``{PLAIN}`` passwords (no hashing); mailhouse
   verifies argon2id once per account and then remembers the success

@@ -119,13 +119,6 @@ class MailboxStore(MessageStore):
     _columns_cache: OrderedDict[int, _CachedColumns] | None = None
     _columns_cached = 0  # messages in the cache
 
-    def _read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a small read on the caller's thread (see INLINE_ROWS)."""
-        if self._reader is None:
-            raise StoreError("store is not open")
-        with self._reader_lock:
-            return fn(self._reader)
-
     async def create_folder(self, account_id: int, name: str, special_use: str | None = None) -> Folder:
         name = _folder_name(name)
 
@@ -341,7 +334,10 @@ class MailboxStore(MessageStore):
                 cand = [u for u in cand if u in wanted]
             return account, self._expunge_tx(c, folder_id, cand)
 
-        account, gone = await self._write(fn, directory=False)
+        # Not fsync'd, as Dovecot's default mail_fsync=optimized does not: a crash
+        # can only bring an expunged message back, never lose one (and its body
+        # file stays until a durable commit, see Engine._write_loop).
+        account, gone = await self._write(fn, directory=False, durable=False)
         if gone:
             self._publish([Change(account, folder_id, "expunge")])
         return gone
