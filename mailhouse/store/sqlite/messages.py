@@ -111,18 +111,7 @@ class MessageStore(Engine):
         c: sqlite3.Connection, target: LocalTarget, blob_id: int, size: int, parse_json: str,
         internal_date: float, flags: Iterable[str], queue_id: str | None, message_id: str | None,
     ) -> Delivered:
-        row = c.execute(
-            "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = ?",
-            (target.account_id, _folder_name(target.folder)),
-        ).fetchone()
-        if row is None:  # a filing rule named a folder that is gone: INBOX never is
-            row = c.execute(
-                "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = 'INBOX'",
-                (target.account_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"account {target.address} no longer exists")
-        fid, uid, modseq, fname = row
+        fid, uid, modseq, fname = _target_folder(c, target.account_id, target.folder, target.address)
         modseq += 1
         c.execute("UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid + 1, modseq, fid))
         bits, keywords = flags_to_bits(set(flags))
@@ -214,16 +203,7 @@ class MessageStore(Engine):
                 key = (t.account_id, _folder_name(t.folder))
                 f = folders.get(key)
                 if f is None:
-                    row = c.execute(
-                        "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = ?", key
-                    ).fetchone()
-                    if row is None:  # a filing rule named a folder that is gone: INBOX never is
-                        row = c.execute(
-                            "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = 'INBOX'",
-                            (t.account_id,),
-                        ).fetchone()
-                        if row is None:
-                            raise NotFound(f"account {t.address} no longer exists")
+                    row = _target_folder(c, t.account_id, t.folder, t.address)
                     f = folders[key] = by_id.setdefault(row[0], list(row))
                 fid, uid = f[0], f[1]
                 f[1] = uid + 1
@@ -323,3 +303,18 @@ class MessageStore(Engine):
         with open(self.blob_dir / str(path), "rb") as f:
             return f.read() if limit is None else f.read(limit)
 
+
+def _target_folder(c: sqlite3.Connection, account_id: int, folder: str, address: str) -> tuple[Any, ...]:
+    """(id, uidnext, highestmodseq, name) of the folder a delivery goes to."""
+    row = c.execute(
+        "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = ?",
+        (account_id, _folder_name(folder)),
+    ).fetchone()
+    if row is None:  # a filing rule named a folder that is gone: INBOX never is
+        row = c.execute(
+            "SELECT id, uidnext, highestmodseq, name FROM folders WHERE account_id = ? AND name = 'INBOX'",
+            (account_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"account {address} no longer exists")
+    return tuple(row)
