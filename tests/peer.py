@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from tests.loopthread import LoopThreadServer
 
 
 @dataclass
@@ -28,50 +28,13 @@ class Received:
 
 
 @dataclass
-class FaultyPeer:
+class FaultyPeer(LoopThreadServer):
     mode: str = "accept"
     host: str = "127.0.0.1"
     port: int = 0
     pipelining: bool = True
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
-
-    def __post_init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._ready = threading.Event()
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FaultyPeer:
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            self._server = loop.run_until_complete(asyncio.start_server(self._session, self.host, self.port))
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-            loop.run_forever()
-            self._server.close()
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(self._server.wait_closed())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> FaultyPeer:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ one session
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -17,10 +17,8 @@ import datetime
 import hashlib
 import ssl
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mailhouse.trust.dane import spki_der
+from tests.loopthread import LoopThreadServer
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -156,18 +155,15 @@ class Response:
     chunked: bool = False
 
 
-class PolicyServer:
+class PolicyServer(LoopThreadServer):
     """HTTPS on 127.0.0.1 answering by Host header; what it serves can change at run time."""
 
     def __init__(self, ca: TestCA, responses: dict[str, Response], *, names: list[str] | None = None) -> None:
         self.responses = responses
         self.issued = ca.issue(names or sorted(responses) or ["localhost"])
         self.ctx = server_context(self.issued)
-        self.port = 0
+        self.ssl_context = self.ctx
         self.requests: list[tuple[str, str]] = []  # (host, path)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -195,31 +191,3 @@ class PolicyServer:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
-
-    def start(self) -> PolicyServer:
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            server = loop.run_until_complete(asyncio.start_server(self._session, "127.0.0.1", 0, ssl=self.ctx))
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            loop.run_forever()
-            server.close()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="policy-https")
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> PolicyServer:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
