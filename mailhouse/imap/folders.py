@@ -387,8 +387,13 @@ class FolderCommands(SessionState):
             if msg.utf8 and not self.utf8:
                 self.tagged(cmd.tag, "BAD", "UTF8 data needs ENABLE UTF8=ACCEPT")
                 return
-            when = msg.internal_date.timestamp() if msg.internal_date is not None else None
-            items.append(AppendItem(msg.data, msg.flags, when))
+            when, tz = None, 0
+            if msg.internal_date is not None:
+                # Kept with its offset: FETCH shows it as given, SEARCH ON uses its date.
+                when = msg.internal_date.timestamp()
+                offset = msg.internal_date.utcoffset()
+                tz = int(offset.total_seconds()) // 60 if offset is not None else 0
+            items.append(AppendItem(msg.data, msg.flags, when, tz))
         total = sum(len(i.raw) for i in items)
         fresh = self.store.find_account(account.address) or account
         if fresh.quota is not None and await self.store.mailbox_usage(account.id) + total > fresh.quota:

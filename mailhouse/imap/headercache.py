@@ -27,12 +27,13 @@ Key = tuple[int, int, int]  # folder id, UIDVALIDITY, UID
 
 
 class CachedHeader:
-    __slots__ = ("header", "internal_date", "key", "size", "subsets")
+    __slots__ = ("header", "internal_date", "internal_tz", "key", "size", "subsets")
 
-    def __init__(self, key: Key, header: bytes, internal_date: float, size: int) -> None:
+    def __init__(self, key: Key, header: bytes, internal_date: float, size: int, internal_tz: int = 0) -> None:
         self.key = key
         self.header = header
         self.internal_date = internal_date
+        self.internal_tz = internal_tz  # minutes east of UTC the internal date was stated in
         self.size = size
         self.subsets: dict[tuple[tuple[str, ...], bool], bytes] | None = None
 
@@ -62,8 +63,8 @@ class HeaderCache:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: Key, header: bytes, internal_date: float, size: int) -> CachedHeader:
-        entry = CachedHeader(key, header, internal_date, size)
+    def put(self, key: Key, header: bytes, internal_date: float, size: int, internal_tz: int = 0) -> CachedHeader:
+        entry = CachedHeader(key, header, internal_date, size, internal_tz)
         if len(header) <= MAX_HEADER:
             self._drop(key)
             self._entries[key] = entry

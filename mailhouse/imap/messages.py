@@ -43,8 +43,9 @@ class BadSet(Exception):
     """A message sequence number beyond the mailbox (tagged BAD)."""
 
 
-def _internal_date(ts: float) -> str:
-    return w.format_internal_date(datetime.fromtimestamp(ts, UTC))
+def _internal_date(ts: float, tz: int) -> str:
+    """The internal date as stated: in its own UTC offset (minutes east)."""
+    return w.format_internal_date(datetime.fromtimestamp(ts, w.offset_zone(tz) if tz else UTC))
 
 
 def _literal(label: bytes, data: bytes) -> bytes:
@@ -247,7 +248,9 @@ class MessageCommands(SessionState):
                 raw = blobs.get(msg.blob_id) if plan.needs_blob else None
                 try:
                     self.emit(
-                        self._render(view, i, msg.parse, msg.internal_date, raw, plan, view.uids[i] in seen_now)
+                        self._render(
+                            view, i, msg.parse, msg.internal_date, msg.internal_tz, raw, plan, view.uids[i] in seen_now
+                        )
                     )
                 except fx.UnknownEncoding:
                     unknown_cte = True
@@ -316,7 +319,9 @@ class MessageCommands(SessionState):
             elif name == "RFC822.SIZE":
                 ops.append(lambda i, entry: b"RFC822.SIZE %d" % sizes[i])
             elif name == "INTERNALDATE":
-                ops.append(lambda i, entry: b'INTERNALDATE "%s"' % _internal_date(entry.internal_date).encode())
+                ops.append(
+                    lambda i, entry: b'INTERNALDATE "%s"' % _internal_date(entry.internal_date, entry.internal_tz).encode()
+                )
             else:  # RFC822.HEADER
                 ops.append(lambda i, entry: literal(b"RFC822.HEADER", entry.header))
         if seen_now and not plan.wants_flags:
@@ -349,7 +354,9 @@ class MessageCommands(SessionState):
                 for i in wanted:
                     row = rows.get(uids[i])
                     if row is not None and row.header is not None:
-                        entries[i] = cache.put((folder_id, validity, uids[i]), row.header, row.internal_date, sizes[i])
+                        entries[i] = cache.put(
+                            (folder_id, validity, uids[i]), row.header, row.internal_date, sizes[i], row.internal_tz
+                        )
             out: list[bytes] = []
             for i in batch:
                 found = entries.get(i)
@@ -368,6 +375,7 @@ class MessageCommands(SessionState):
         i: int,
         parse: dict[str, Any],
         internal_date: float,
+        internal_tz: int,
         raw: bytes | None,
         plan: fx.FetchPlan,
         seen_now: bool,
@@ -388,7 +396,7 @@ class MessageCommands(SessionState):
                         b"BODY " + w.body_structure(parse.get("body") or {}, extensible=False, utf8=utf8)
                     )
                 elif name == "INTERNALDATE":
-                    out.append(b'INTERNALDATE "' + _internal_date(internal_date).encode() + b'"')
+                    out.append(b'INTERNALDATE "' + _internal_date(internal_date, internal_tz).encode() + b'"')
                 else:
                     assert raw is not None
                     if name == "RFC822":

@@ -166,7 +166,13 @@ def _sent_date(fields: list[tuple[str, str]], row: SearchRow) -> date:
                     break
             break
     # No usable Date: the internal date stands in (as RFC 5256 does for SORT).
-    return datetime.fromtimestamp(row.internal_date, UTC).date()
+    return _internal_day(row)
+
+
+def _internal_day(row: SearchRow) -> date:
+    """The internal date's calendar date as it states it, in its own offset
+    (RFC 9051 §6.4.4: "disregarding time and timezone")."""
+    return datetime.fromtimestamp(row.internal_date + row.internal_tz * 60, UTC).date()
 
 
 class Evaluator:
@@ -355,7 +361,7 @@ class Evaluator:
             if row is None:
                 return None
             if key.field == "internal":
-                day = datetime.fromtimestamp(row.internal_date, UTC).date()
+                day = _internal_day(row)
             else:
                 day = _sent_date(self._fields(uid) or [], row)
             if key.relation == "before":

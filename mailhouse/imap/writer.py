@@ -33,7 +33,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Final, TypeAlias
 
 from mailhouse.imap.sequence import SequenceSet, format_numbers
@@ -67,6 +67,7 @@ __all__ = [
     "mailbox_name",
     "namespace",
     "no",
+    "offset_zone",
     "ok",
     "quota",
     "quotaroot",
@@ -224,6 +225,14 @@ def binary_literal(data: bytes) -> IMAPLiteral:
     """The value of a ``BINARY[...]`` item: literal8 only when the content
     has NUL, which a plain literal may not carry (RFC 3516 §4.2)."""
     return IMAPLiteral(data, binary=b"\x00" in data)
+
+
+@functools.lru_cache(maxsize=64)
+def offset_zone(minutes: int) -> tzinfo:
+    """The fixed zone `minutes` east of UTC (an internal date's stated offset)."""
+    if not minutes or not -1440 < minutes < 1440:
+        return UTC  # none, or not a valid offset (a damaged row): UTC
+    return timezone(timedelta(minutes=minutes))
 
 
 def format_internal_date(when: datetime) -> str:

@@ -223,8 +223,10 @@ class Store(abc.ABC):
         *,
         flags: Iterable[str] = (),
         internal_date: float | None = None,
+        internal_tz: int = 0,
     ) -> Delivered:
-        """Store a message given whole (import, IMAP APPEND, Sent copies)."""
+        """Store a message given whole (import, IMAP APPEND, Sent copies);
+        `internal_tz` is the UTC offset (minutes east) the date was stated in."""
 
     # ---- IMAP (mailhouse.imap): fast mailbox reads and atomic appends
     @abc.abstractmethod

@@ -93,6 +93,8 @@ class Message:
     message_id: str | None
     parse: dict[str, Any]
     blob_id: int
+    internal_tz: int = 0
+    """The UTC offset the internal date was stated in, minutes east of UTC."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class Incoming:
     smtputf8: bool = False
     auth_user: str | None = None
     flags: set[str] = field(default_factory=set)
+    internal_tz: int = 0  # minutes east of UTC of the internal date
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,7 @@ class SearchRow:
     uid: int
     internal_date: float
     header: bytes | None
+    internal_tz: int = 0  # minutes east of UTC the internal date was stated in
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,7 @@ class AppendItem:
     raw: bytes
     flags: tuple[str, ...] = ()
     internal_date: float | None = None
+    internal_tz: int = 0  # minutes east of UTC the internal date was stated in
 
 
 # ---- webmail and HTTP API (mailhouse.web) ------------------------------------

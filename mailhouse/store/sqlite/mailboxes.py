@@ -354,15 +354,16 @@ class MailboxStore(MessageStore):
         for i in range(0, len(uids), 500):
             part = uids[i : i + 500]
             rows = c.execute(
-                "SELECT uid, blob_id, internal_date, size, flags, keywords, queue_id, message_id, parse FROM messages "
+                "SELECT uid, blob_id, internal_date, size, flags, keywords, queue_id, message_id, parse, internal_tz "
+                "FROM messages "
                 f"WHERE folder_id = ? AND uid IN ({','.join('?' * len(part))}) ORDER BY uid",
                 (folder_id, *part),
             ).fetchall()
-            for uid, blob_id, idate, size, fbits, kw, qid, mid, parse in rows:
+            for uid, blob_id, idate, size, fbits, kw, qid, mid, parse, tz in rows:
                 c.execute(
                     "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
-                    "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (target, uidnext, blob_id, idate, size, fbits, kw, modseq, qid, mid, parse),
+                    "queue_id, message_id, parse, internal_tz) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (target, uidnext, blob_id, idate, size, fbits, kw, modseq, qid, mid, parse, tz),
                 )
                 pairs.append((uid, uidnext))
                 uidnext += 1
@@ -630,11 +631,11 @@ class MailboxStore(MessageStore):
             # The prefix of the stored bytes, cut at the end of the header in
             # Python: cheaper than asking SQLite to read the cached parse.
             sql = (
-                "SELECT m.uid, m.internal_date, substr(b.data, 1, ?), b.path, b.id "
+                "SELECT m.uid, m.internal_date, m.internal_tz, substr(b.data, 1, ?), b.path, b.id "
                 "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.folder_id = ? AND m.uid IN "
             )
         else:
-            sql = "SELECT uid, internal_date, NULL, NULL, NULL FROM messages WHERE folder_id = ? AND uid IN "
+            sql = "SELECT uid, internal_date, internal_tz, NULL, NULL, NULL FROM messages WHERE folder_id = ? AND uid IN "
 
         def header_of(c: sqlite3.Connection, prefix: bytes | None, path: str | None, blob_id: int) -> bytes:
             data = bytes(prefix) if prefix is not None else self._blob_bytes(None, path, limit)
@@ -651,13 +652,13 @@ class MailboxStore(MessageStore):
                 part = uids[i : i + 500]
                 args: tuple[Any, ...] = (folder_id, *part) if not headers else (limit, folder_id, *part)
                 found = c.execute(sql + f"({','.join('?' * len(part))})", args).fetchall()
-                for uid, idate, prefix, path, blob_id in found:
+                for uid, idate, tz, prefix, path, blob_id in found:
                     header = None
                     if headers:
                         if inline and (prefix is None or len(prefix) >= limit):
                             raise _TooMany  # a file to read, or a long header: not on the loop
                         header = header_of(c, prefix, path, blob_id)
-                    out.append(SearchRow(uid, idate, header))
+                    out.append(SearchRow(uid, idate, header, tz))
             out.sort(key=lambda r: r.uid)
             return out
 
@@ -670,7 +671,7 @@ class MailboxStore(MessageStore):
     async def append_many(self, target: LocalTarget, items: list[AppendItem]) -> list[Delivered]:
         from ...mime.structure import analyze
 
-        prepared: list[tuple[SpoolBlob, str, float, list[str]]] = []
+        prepared: list[tuple[SpoolBlob, str, float, int, list[str]]] = []
         try:
             for item in items:
                 blob = self.new_blob()
@@ -679,7 +680,7 @@ class MailboxStore(MessageStore):
                     await asyncio.get_running_loop().run_in_executor(None, blob.sync)
                 parse_json = json.dumps(analyze(item.raw), separators=(",", ":"))
                 when = item.internal_date if item.internal_date is not None else _now()
-                prepared.append((blob, parse_json, when, list(item.flags)))
+                prepared.append((blob, parse_json, when, item.internal_tz, list(item.flags)))
 
             def fn(c: sqlite3.Connection) -> list[Delivered]:
                 if c.execute(
@@ -688,10 +689,10 @@ class MailboxStore(MessageStore):
                 ).fetchone() is None:
                     raise NotFound(f"no folder {target.folder}")
                 out = []
-                for blob, parse_json, when, flags in prepared:
+                for blob, parse_json, when, tz, flags in prepared:
                     blob_id = self._insert_blob(c, blob)
                     out.append(
-                        self._insert_message(c, target, blob_id, blob.size, parse_json, when, flags, None, None)
+                        self._insert_message(c, target, blob_id, blob.size, parse_json, when, flags, None, None, tz)
                     )
                 return out
 

@@ -59,8 +59,8 @@ class MessageStore(Engine):
         return self._read_inline(fn)
 
     _MESSAGE_SQL = (
-        "SELECT id, folder_id, uid, internal_date, size, flags, keywords, modseq, queue_id, message_id, parse, blob_id "
-        "FROM messages"
+        "SELECT id, folder_id, uid, internal_date, size, flags, keywords, modseq, queue_id, message_id, parse, blob_id, "
+        "internal_tz FROM messages"
     )
 
     @staticmethod
@@ -68,7 +68,7 @@ class MessageStore(Engine):
         return Message(
             id=r[0], folder_id=r[1], uid=r[2], internal_date=r[3], size=r[4],
             flags=bits_to_flags(r[5], r[6]), modseq=r[7], queue_id=r[8], message_id=r[9],
-            parse=json.loads(r[10]), blob_id=r[11],
+            parse=json.loads(r[10]), blob_id=r[11], internal_tz=r[12],
         )
 
     async def list_messages(self, folder_id: int) -> list[Message]:
@@ -110,6 +110,7 @@ class MessageStore(Engine):
     def _insert_message(
         c: sqlite3.Connection, target: LocalTarget, blob_id: int, size: int, parse_json: str,
         internal_date: float, flags: Iterable[str], queue_id: str | None, message_id: str | None,
+        internal_tz: int = 0,
     ) -> Delivered:
         fid, uid, modseq, fname = _target_folder(c, target.account_id, target.folder, target.address)
         modseq += 1
@@ -117,8 +118,9 @@ class MessageStore(Engine):
         bits, keywords = flags_to_bits(set(flags))
         c.execute(
             "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
-            "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (fid, uid, blob_id, internal_date, size, bits, keywords, modseq, queue_id, message_id, parse_json),
+            "queue_id, message_id, parse, internal_tz) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (fid, uid, blob_id, internal_date, size, bits, keywords, modseq, queue_id, message_id, parse_json,
+             internal_tz),
         )
         return Delivered(target.account_id, target.address, fname, uid, fid)
 
@@ -128,7 +130,7 @@ class MessageStore(Engine):
         out = [
             self._insert_message(
                 c, t, blob_id, blob.size, parse_json, incoming.internal_date, incoming.flags,
-                incoming.queue_id, incoming.message_id,
+                incoming.queue_id, incoming.message_id, incoming.internal_tz,
             )
             for t in incoming.local
         ]
@@ -209,7 +211,7 @@ class MessageStore(Engine):
                 f[1] = uid + 1
                 f[2] += 1
                 message_rows.append((fid, uid, n, inc.internal_date, blob.size, bits, keywords, f[2],
-                                     inc.queue_id, inc.message_id, parse_json))
+                                     inc.queue_id, inc.message_id, parse_json, inc.internal_tz))
                 delivered.append(Delivered(t.account_id, t.address, f[3], uid, fid))
             if inc.remote:
                 self._insert_queue_entry(c, inc, n, now)
@@ -228,7 +230,7 @@ class MessageStore(Engine):
         )
         c.executemany(
             "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
-            "queue_id, message_id, parse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "queue_id, message_id, parse, internal_tz) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             message_rows,
         )
         c.executemany("INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)", journey_rows)
@@ -257,6 +259,7 @@ class MessageStore(Engine):
         flags: Iterable[str] = (),
         internal_date: float | None = None,
         parse: dict[str, Any] | None = None,
+        internal_tz: int = 0,
     ) -> Delivered:
         from ...mime.structure import analyze
 
@@ -270,7 +273,9 @@ class MessageStore(Engine):
 
         def fn(c: sqlite3.Connection) -> Delivered:
             blob_id = self._insert_blob(c, blob)
-            return self._insert_message(c, target, blob_id, blob.size, parse_json, when, flag_list, None, None)
+            return self._insert_message(
+                c, target, blob_id, blob.size, parse_json, when, flag_list, None, None, internal_tz
+            )
 
         try:
             d = await self._write(fn, directory=False)

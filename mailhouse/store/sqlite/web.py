@@ -25,7 +25,8 @@ class WebStore(MessageStore):
     _SUMMARY_KEYS = ("subject", "from_name", "from_address", "to", "cc", "date", "preview", "has_attachments")
     _SUMMARY_SQL = (
         "SELECT id, folder_id, uid, internal_date, size, flags, keywords, modseq, queue_id, message_id, "
-        "json_extract(parse, " + ", ".join(f"'$.{k}'" for k in _SUMMARY_KEYS) + "), blob_id FROM messages m"
+        "json_extract(parse, " + ", ".join(f"'$.{k}'" for k in _SUMMARY_KEYS) + "), blob_id, m.internal_tz "
+        "FROM messages m"
     )
 
     @classmethod
@@ -34,7 +35,7 @@ class WebStore(MessageStore):
         return Message(
             id=r[0], folder_id=r[1], uid=r[2], internal_date=r[3], size=r[4],
             flags=bits_to_flags(r[5], r[6]), modseq=r[7], queue_id=r[8], message_id=r[9],
-            parse=dict(zip(cls._SUMMARY_KEYS, values, strict=False)), blob_id=r[11],
+            parse=dict(zip(cls._SUMMARY_KEYS, values, strict=False)), blob_id=r[11], internal_tz=r[12],
         )
 
     async def list_messages_page(
