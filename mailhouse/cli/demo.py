@@ -96,8 +96,9 @@ def run_demo(args: argparse.Namespace) -> int:
     crepes = server("crepes.fr", "hamburger.edu")
     hamburger = server("hamburger.edu", "crepes.fr")
     alice_pw, bob_pw = secrets.token_urlsafe(9), secrets.token_urlsafe(9)
-    crepes.cli("user", "add", "alice@crepes.fr", "--password", alice_pw)
-    hamburger.cli("user", "add", "bob@hamburger.edu", "--password", bob_pw)
+    # "=" form: a generated password may start with "-", which argparse would take for an option.
+    crepes.cli("user", "add", "alice@crepes.fr", f"--password={alice_pw}")
+    hamburger.cli("user", "add", "bob@hamburger.edu", f"--password={bob_pw}")
     # Each domain publishes what `domain records` says (SPF, DKIM key, DMARC), as a
     # real one would, so the receiving side's checks pass.
     for srv in (crepes, hamburger):
