@@ -16,7 +16,6 @@ from xml.sax.saxutils import escape
 from ..config import Config
 from ..store.base import Store
 from ..trust.keys import KeyRing
-from ..trust.settings import settings_of
 
 TTL = 3600
 
@@ -56,7 +55,7 @@ def _port(config: Config, listener: str) -> int | None:
 async def domain_records(config: Config, store: Store, domain: str) -> list[Record]:
     domain = domain.lower().rstrip(".")
     host = config.hostname.rstrip(".")
-    settings = settings_of(config)
+    settings = config.trust
     keys = await KeyRing(store, rsa_bits=settings.dkim_rsa_bits).keys(domain, ed25519=settings.dkim_ed25519)
     out = [
         Record(domain, "MX", f"10 {host}."),

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from .dkim import DKIMResult
-from .dnsq import DNSTempFail, LookupDNS
+from .dnsq import LookupDNS
 from .spf import SPFResult
 
 POLICIES = ("none", "quarantine", "reject")
@@ -150,18 +150,3 @@ def evaluate(
     res.disposition = policy if sample() * 100 < rec.pct else _WEAKER[policy]
     return res
 
-
-async def check(
-    dns: LookupDNS,
-    from_domain: str,
-    spf: SPFResult | None,
-    dkim: list[DKIMResult],
-    *,
-    sample: Callable[[], float] = random.random,
-) -> DMARCResult:
-    """Record discovery and evaluation in one call."""
-    try:
-        rec = await find_record(dns, from_domain.lower().rstrip("."))
-    except DNSTempFail as e:
-        return DMARCResult("temperror", from_domain.lower().rstrip("."), reason=f"DNS failure: {e}")
-    return evaluate(from_domain, rec, spf, dkim, sample=sample)

@@ -36,7 +36,7 @@ from .authresults import header as ar_header
 from .dnsq import DNSTempFail, LookupDNS, TrustDNS
 from .keys import KeyRing
 from .limits import ConnectionRate, Greylist, SendLimits
-from .settings import TrustSettings, settings_of
+from .settings import TrustSettings
 from .spf import SPFChecker, SPFResult, valid_domain
 
 logger = log.get("trust")
@@ -99,13 +99,14 @@ class Trust:
     def __init__(self, ctx: Context, dns: LookupDNS, settings: TrustSettings | None = None) -> None:
         self.ctx = ctx
         self.dns = dns
-        s = self.settings = settings or settings_of(ctx.config)
+        s = self.settings = settings or ctx.config.trust
         self.authserv_id = s.authserv_id or ctx.config.hostname
         self.spf = SPFChecker(dns, receiver=ctx.config.hostname)
         self.keys = KeyRing(ctx.store, rsa_bits=s.dkim_rsa_bits)
         self.limits = SendLimits(s.rate_limits, s.user_limits)
         self.greylist = Greylist(s.greylist_delay, s.greylist_expire, s.greylist_pass)
-        self.connections = ConnectionRate(s.connections_per_minute, s.connection_exempt + s.trusted_networks)
+        self.connections = ConnectionRate(s.connections_per_minute)
+        self.connection_exempt = s.connection_exempt + s.trusted_networks
         # Per client address, whether it is in trusted_networks / exempt from the
         # connection rate: parsing the address and walking the networks cost more
         # than the rest of a trusted client's checks, on every message.
@@ -233,7 +234,7 @@ class Trust:
         """The connection rate, for addresses not exempt from it."""
         exempt = self._exempt_ips.get(ip)
         if exempt is None:
-            exempt = _in_networks(ip, self.connections.exempt)
+            exempt = _in_networks(ip, self.connection_exempt)
             _remember(self._exempt_ips, ip, exempt)
         return exempt or self.connections.allow(ip)
 
@@ -432,9 +433,7 @@ def install(
     ctx.hooks.setdefault("smtp", []).append(trust.inbound)
     for name in SUBMISSION_LISTENERS:
         ctx.hooks.setdefault(name, []).append(trust.outbound)
-    configure = getattr(ctx.auth, "configure_lockout", None)
-    if callable(configure):
-        configure(trust.settings.lockout)
+    ctx.auth.configure_lockout(trust.settings.lockout)
     setattr(ctx, _CTX_ATTR, trust)
     return trust
 
@@ -447,11 +446,6 @@ def trust_of(ctx: Context) -> Trust:
     t = Trust(ctx, TrustDNS.from_config(ctx.config.nameservers))
     setattr(ctx, _CTX_ATTR, t)
     return t
-
-
-async def dkim_signature(ctx: Context, raw: bytes) -> bytes:
-    """For messages the server writes itself (DSNs): prepend what this returns."""
-    return await trust_of(ctx).signature_for(raw)
 
 
 def may_send_as(ctx: Context, auth_user: str, address: str) -> bool:

@@ -173,25 +173,17 @@ class Lockout:
 
 # ------------------------------------------------------------------ connection rate
 class ConnectionRate:
-    """New connections per client address: a token bucket holding a minute's worth."""
+    """New connections per client address: a token bucket holding a minute's worth.
+    Exempt addresses are the caller's business (`Trust.allow_connection`)."""
 
-    def __init__(self, per_minute: int, exempt: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
-        self.exempt = exempt or []
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
 
     def allow(self, ip: str) -> bool:
         if not self.per_minute:
             return True
-        if self.exempt:
-            try:
-                addr = ipaddress.ip_address(ip)
-                if any(addr in n for n in self.exempt):
-                    return True
-            except ValueError:
-                pass
         now = self.clock()
         rate = self.per_minute / 60.0
         tokens, at = self._buckets.get(ip, (float(self.per_minute), now))

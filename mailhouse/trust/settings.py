@@ -98,12 +98,6 @@ class TrustSettings:
     connection_exempt: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 
 
-def settings_of(config: Any) -> TrustSettings:
-    """`config.trust` once mailhouse.config carries it; the defaults until then."""
-    s = getattr(config, "trust", None)
-    return s if isinstance(s, TrustSettings) else TrustSettings()
-
-
 _TOP_KEYS = {
     "authserv_id", "dkim_sign", "dkim_ed25519", "dkim_rsa_bits", "send_as", "rate_limits",
     "received_privacy", "inbound_checks", "trusted_networks", "dmarc_enforce", "spf_fail", "greylisting",
@@ -118,14 +112,10 @@ def parse_trust(table: dict[str, Any]) -> TrustSettings:
     """`[trust]` → TrustSettings; raises mailhouse.config.ConfigError with a one-line reason."""
     # Imported here: mailhouse.config calls this function, so a top-level import would be a cycle.
     from ..config import ConfigError, parse_duration
+    from ..config import _check_keys as check_keys
 
     if not isinstance(table, dict):
         raise ConfigError("[trust] must be a table")
-
-    def check_keys(t: dict[str, Any], allowed: set[str], where: str) -> None:
-        unknown = sorted(set(t) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
 
     def boolean(t: dict[str, Any], key: str, default: bool, where: str) -> bool:
         v = t.get(key, default)

@@ -52,11 +52,6 @@ class Web:
     static_version: str
 
 
-def web_of(request: Request) -> Web:
-    w: Web = request.app.state.web
-    return w
-
-
 class SecurityHeaders:
     """Headers every response carries unless its handler chose its own."""
 

@@ -33,7 +33,7 @@ from ..mime.headers import decode_bytes
 from ..store.base import StoreError
 from ..store.models import Account, Folder, Message, MessageQuery
 from . import render
-from .api import attachment_url, client_ip
+from .api import _web, attachment_url, client_ip
 from .auth import LOGIN_COOKIE, SESSION_COOKIE, Session, hash_token_secret, new_token
 from .mail import (
     Mail,
@@ -52,10 +52,6 @@ SEARCH_LIMIT = 200
 FOLDER_ORDER = {"INBOX": 0, "\\Drafts": 1, "\\Sent": 2, "\\Archive": 3, "\\Junk": 4, "\\Trash": 5}
 # Glyphs every common font has (emoji fonts are often missing on Linux desktops).
 ICONS = {"INBOX": "✉", "\\Drafts": "✎", "\\Sent": "➤", "\\Archive": "▤", "\\Junk": "⚠", "\\Trash": "✖"}
-
-
-def _web(request: Request) -> Any:
-    return request.app.state.web
 
 
 class LoginRequired(Exception):
