@@ -99,7 +99,9 @@ class FolderCommands(SessionState):
             if folder is None:
                 attrs.append("\\NonExistent" if cmd.extended or self.rev2 else "\\Noselect")
             if cmd.return_children or not cmd.extended:
-                children = nm.has_children(name, existing | implied)
+                # Every implied name is a parent of an existing one, so the
+                # existing names alone answer this.
+                children = nm.has_children(name, existing)
                 if folder is not None:
                     attrs.append("\\HasChildren" if children else "\\HasNoChildren")
                 elif children:

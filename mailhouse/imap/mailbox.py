@@ -43,7 +43,6 @@ FLAG_NAMES: tuple[tuple[int, str], ...] = (
     (DRAFT, "\\Draft"),
 )
 FLAG_BIT = {name.upper(): bit for bit, name in FLAG_NAMES}
-SYSTEM_FLAGS = tuple(name for _, name in FLAG_NAMES)
 
 
 _RECENT_TABLE = bytes(1 if b & RECENT else 0 for b in range(256))
@@ -136,16 +135,6 @@ class MailboxView:
         if i < len(self.uids) and self.uids[i] == uid:
             return i
         return None
-
-    def flag_names(self, i: int, *, recent: bool) -> list[str]:
-        bits = self.flags[i]
-        out = [name for bit, name in FLAG_NAMES if bits & bit]
-        kw = self.keywords.get(self.uids[i])
-        if kw:
-            out.extend(kw.split())
-        if recent and bits & RECENT:
-            out.append("\\Recent")
-        return out
 
     def flag_text(self, i: int, *, recent: bool) -> str:
         """``\\Seen $Label`` for message index i, cached per combination:

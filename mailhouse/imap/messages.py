@@ -4,7 +4,7 @@ SORT, THREAD, COPY, MOVE, EXPUNGE (and their UID forms)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from mailhouse.imap import fetch as fx
@@ -45,7 +45,7 @@ class BadSet(Exception):
 
 def _internal_date(ts: float, tz: int) -> str:
     """The internal date as stated: in its own UTC offset (minutes east)."""
-    return w.format_internal_date(datetime.fromtimestamp(ts, w.offset_zone(tz) if tz else UTC))
+    return w.format_internal_date(datetime.fromtimestamp(ts, w.offset_zone(tz)))
 
 
 def _literal(label: bytes, data: bytes) -> bytes:

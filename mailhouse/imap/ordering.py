@@ -327,7 +327,9 @@ def _merge_subjects(roots: list[_Container]) -> list[_Container]:
 def thread_ordered_subject(items: Sequence[Item], ids: Mapping[int, int]) -> list[ThreadNode]:
     """ORDEREDSUBJECT: by base subject then date; the first of each subject
     is the parent of the others (RFC 5256 §2.1... THREAD=ORDEREDSUBJECT)."""
-    ordered = sorted(items, key=lambda it: (base_subject(_subject(it))[0], it.sent, it.seq))
+    # The base subject once per message: the sort key and the grouping below.
+    keyed = [(base_subject(_subject(it))[0], it) for it in items]
+    keyed.sort(key=lambda p: (p[0], p[1].sent, p[1].seq))
     threads: list[tuple[tuple[float, int], ThreadNode]] = []
     current: str | None = None
     first: Item | None = None
@@ -337,8 +339,7 @@ def thread_ordered_subject(items: Sequence[Item], ids: Mapping[int, int]) -> lis
         if first is not None:
             threads.append(((first.sent, first.seq), ThreadNode(ids[first.seq], tuple(kids))))
 
-    for it in ordered:
-        subj = base_subject(_subject(it))[0]
+    for subj, it in keyed:
         if subj != current or first is None:
             close()
             current, first, kids = subj, it, []

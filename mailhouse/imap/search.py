@@ -68,11 +68,10 @@ class _Ranges:
 class Needs:
     rows: bool = False
     headers: bool = False
-    text: bool = False
 
 
-def needs(key: SearchKey, out: Needs | None = None) -> Needs:
-    out = out or Needs()
+def needs(key: SearchKey) -> Needs:
+    out = Needs()
     stack: list[SearchKey] = [key]
     while stack:
         k = stack.pop()
@@ -88,8 +87,6 @@ def needs(key: SearchKey, out: Needs | None = None) -> Needs:
                 out.headers = True
         elif isinstance(k, SearchHeader):
             out.rows = out.headers = True
-        elif isinstance(k, SearchText):
-            out.text = True
     return out
 
 

@@ -71,7 +71,7 @@ from mailhouse.imap.parser import (
     is_idle_done,
 )
 from mailhouse.imap.sequence import MAX_NUMBER
-from mailhouse.imap.state import FLUSH_AT, SessionIO, logger
+from mailhouse.imap.state import SessionIO, logger
 from mailhouse.store.base import StoreError
 
 COMMANDS_PER_SECOND = 2000.0
@@ -134,11 +134,8 @@ class IMAPSession(FolderCommands, MessageCommands):
         peer: str = "unknown",
         tls_active: bool = False,
         secure_peer: bool = False,
-        listener: str = "imap",
     ) -> None:
-        super().__init__(
-            ctx, io, peer=peer, tls_active=tls_active, secure_peer=secure_peer, listener=listener
-        )
+        super().__init__(ctx, io, peer=peer, tls_active=tls_active, secure_peer=secure_peer)
         self._task: asyncio.Task[None] | None = None
         self._input_waiter: asyncio.Future[None] | None = None
         self._tokens = COMMAND_BURST
@@ -558,12 +555,9 @@ class IMAPSession(FolderCommands, MessageCommands):
         modseqs = view.modseqs
         for i in range(view.count):
             if modseqs[i] > since and (known is None or in_known(view.uids[i])):
-                self.emit(
-                    b"* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))\r\n"
-                    % (i + 1, view.uids[i], view.flag_text(i, recent=not self.rev2).encode(), modseqs[i])
-                )
-                if self.out_size >= FLUSH_AT:
-                    await self.flush()
+                # QRESYNC turned CONDSTORE on, so this carries MODSEQ.
+                self.emit(self.flags_fetch(i))
+                await self.maybe_flush()
 
     async def cmd_close(self, cmd: Close) -> None:
         view = self.view

@@ -68,13 +68,11 @@ class SessionState:
         peer: str = "unknown",
         tls_active: bool = False,
         secure_peer: bool = False,
-        listener: str = "imap",
     ) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.io = io
         self.peer = peer
-        self.listener = listener
         self.tls_active = tls_active
         # Loopback counts as secured, as for POP3: a local tool may log in.
         self.secure_peer = secure_peer
@@ -174,9 +172,6 @@ class SessionState:
             return normalize(decode_mailbox_name(raw, utf8=self.utf8, strict=True))
         except ValueError:
             return None
-
-    def name_bytes(self, name: str) -> bytes:
-        return w.mailbox_name(name, utf8=self.utf8)
 
     # -- folders by name ----------------------------------------------------------------------
 

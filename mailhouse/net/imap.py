@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
 import socket
 import ssl
 import time
@@ -22,6 +20,7 @@ from typing import cast
 from .. import log
 from ..context import Context
 from ..imap.session import IMAPSession
+from . import is_loopback
 
 logger = log.get("imap")
 
@@ -35,15 +34,6 @@ SHUTDOWN_GRACE = 5.0
 
 _BUFFER = bytearray(READ_SIZE)
 _VIEW = memoryview(_BUFFER)
-
-
-@functools.lru_cache(maxsize=4096)
-def is_loopback(ip: str) -> bool:
-    # Per connection: parsing the address costs more than the rest of the setup.
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 class IMAPConnection(asyncio.BufferedProtocol):
@@ -94,10 +84,7 @@ class IMAPConnection(asyncio.BufferedProtocol):
             self.transport.close()
             return
         self.listener.add(self)
-        session = IMAPSession(
-            ctx, self, peer=self.peer_ip, tls_active=self.implicit_tls, secure_peer=loopback,
-            listener=self.listener.name,
-        )
+        session = IMAPSession(ctx, self, peer=self.peer_ip, tls_active=self.implicit_tls, secure_peer=loopback)
         self.session = session
         session.greeting()
         data = b"".join(session.out)

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import ssl
 
 from .. import log
 from ..context import Context
 from ..pop3 import machine as pm
 from ..store.models import Folder
+from . import is_loopback
 
 logger = log.get("pop3")
 
 IDLE_TIMEOUT = 600.0  # RFC 1939 §3: an autologout timer of at least 10 minutes
-
-
-def is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 class POP3Listener:
