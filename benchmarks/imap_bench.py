@@ -78,6 +78,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.postfix_peer import proc_tree_cpu  # noqa: E402
 from mailhouse.auth.passwords import hash_password  # noqa: E402
 from mailhouse.store.models import AppendItem, LocalTarget  # noqa: E402
 from mailhouse.store.sqlite import SQLiteStore  # noqa: E402
@@ -86,7 +87,6 @@ from mailhouse.world import MailServer, free_port  # noqa: E402
 PASSWORD = "bench-pw"
 DOMAIN = "bench.test"
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def sample(n: int, size: int = 2000) -> bytes:
@@ -144,34 +144,6 @@ class Client:
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process, its live descendants and the
-    children it reaped."""
-    children: dict[int, list[int]] = defaultdict(list)
-    stats: dict[int, list[str]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            text = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        stats[int(d.name)] = fields
-        children[int(fields[1])].append(int(d.name))
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        f = stats.get(p)
-        if f is None:
-            continue
-        # fields[11..14] = utime, stime, cutime, cstime (stat fields 14-17)
-        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-        todo.extend(children.get(p, ()))
-    return total / CLK_TCK
 
 
 def server_rss(pid: int) -> int:
@@ -395,12 +367,12 @@ async def _timed_load(name: str, port: int, pid: int, clients: int, accounts: in
             finally:
                 c.close()
 
-    cpu0 = tree_cpu(pid)
+    cpu0 = proc_tree_cpu(pid)
     own0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(k) for k in range(clients)))
     res.seconds = time.perf_counter() - t0  # the last sessions finish after `stop`
-    res.cpu = tree_cpu(pid) - cpu0
+    res.cpu = proc_tree_cpu(pid) - cpu0
     res.client_cpu = time.process_time() - own0
     return res
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
 import socket
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +87,30 @@ def tls_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, msg: str = "") -> Any:
+    """Poll `what` until it returns something truthy (and return that), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {msg or what}")
+        time.sleep(interval)
+
+
+def inbox(server: MailServer, address: str, folder: str = "INBOX") -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(
+        server.cli("mailbox", "list", address, "--folder", folder, "--json").stdout)
+    return rows
+
+
+def show(server: MailServer, address: str, uid: object, folder: str = "INBOX") -> bytes:
+    return server.cli("mailbox", "show", address, str(uid), "--folder", folder).stdout
+
+
+def queue(server: MailServer) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(server.cli("queue", "list", "--json").stdout)
+    return rows

@@ -7,20 +7,21 @@ import imaplib
 import json
 import smtplib
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.conftest import tls_context
 from tests.world import MailServer
 
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+def _recv(sock: socket.socket) -> bytes:
+    """One recv that fails the test, instead of spinning forever, when the server has closed."""
+    chunk = sock.recv(4096)
+    if not chunk:
+        raise AssertionError("connection closed")
+    return chunk
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
 
 def _login(srv: MailServer, user: str = "bob@imap.test", pw: str = "pw") -> imaplib.IMAP4:
     m = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=10)
-    m.starttls(_tls())
+    m.starttls(tls_context())
     m.login(user, pw)
     return m
 
@@ -57,7 +58,7 @@ def test_starttls_login_fetch_search(srv: MailServer) -> None:
 
 
 def test_implicit_tls_and_isolation(srv: MailServer) -> None:
-    m = imaplib.IMAP4_SSL("127.0.0.1", srv.port("imaps"), ssl_context=_tls(), timeout=10)
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.port("imaps"), ssl_context=tls_context(), timeout=10)
     m.login("eve@imap.test", "pw2")
     typ, data = m.select("INBOX")
     assert typ == "OK" and data == [b"0"]  # eve sees only her own mailboxes
@@ -67,7 +68,7 @@ def test_implicit_tls_and_isolation(srv: MailServer) -> None:
 
 def test_bad_password_is_refused(srv: MailServer) -> None:
     m = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=10)
-    m.starttls(_tls())
+    m.starttls(tls_context())
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
         m.login("bob@imap.test", "nope")
     m.logout()
@@ -97,8 +98,12 @@ def test_idle_sees_delivery_fast_and_cli_changes(srv: MailServer) -> None:
         line = m.readline()
     assert line == b"* %d EXISTS\r\n" % (len(rows) + 1), line
     m.send(b"DONE\r\n")
-    while not m.readline().startswith(tag.encode()):
-        pass
+    while True:
+        line = m.readline()
+        if not line:
+            raise AssertionError("connection closed")
+        if line.startswith(tag.encode()):
+            break
     m.logout()
 
 
@@ -139,7 +144,7 @@ def test_compress_deflate_over_tls(srv: MailServer) -> None:
     import zlib
 
     raw = socket.create_connection(("127.0.0.1", srv.port("imaps")), timeout=10)
-    sock = _tls().wrap_socket(raw)
+    sock = tls_context().wrap_socket(raw)
     assert sock.recv(4096).startswith(b"* OK")
     sock.sendall(b"a LOGIN bob@imap.test pw\r\n")
     assert b"a OK" in sock.recv(4096)
@@ -149,14 +154,14 @@ def test_compress_deflate_over_tls(srv: MailServer) -> None:
     sock.sendall(b"b COMPRESS DEFLATE\r\n" + deflate.compress(b"c SELECT INBOX\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
     data = b""
     while b"b OK" not in data:
-        data += sock.recv(4096)
+        data += _recv(sock)
     rest = data.split(b"b OK DEFLATE active\r\n", 1)[1]
     out = inflate.decompress(rest)
     while b"c OK" not in out:
-        out += inflate.decompress(sock.recv(4096))
+        out += inflate.decompress(_recv(sock))
     assert b"EXISTS" in out
     sock.sendall(deflate.compress(b"d LOGOUT\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
     out = b""
     while b"d OK" not in out:
-        out += inflate.decompress(sock.recv(4096))
+        out += inflate.decompress(_recv(sock))
     sock.close()

@@ -9,41 +9,19 @@ from __future__ import annotations
 
 import json
 import smtplib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailhouse.dns.testserver import DNSServer, Zone
-from tests.integration.conftest import tls_context
+from tests.integration.conftest import inbox, queue, tls_context, wait_for
 from tests.peer import FaultyPeer
 from tests.world import MailServer, free_port
 
 ALICE_PW = "alice-pw"
 BOB_PW = "bob-pw"
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 20.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def inbox(server: MailServer, address: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(server.cli("mailbox", "list", address, "--json").stdout)
-    return rows
-
-
-def queue(server: MailServer) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(server.cli("queue", "list", "--json").stdout)
-    return rows
 
 
 def submit(server: MailServer, sender: str, password: str, rcpts: list[str], body: bytes) -> None:

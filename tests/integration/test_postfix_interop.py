@@ -16,21 +16,18 @@ Skipped (with the reason) when Postfix is not installed or we are not root
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import smtplib
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from benchmarks.postfix_peer import PostfixInstance, postfix_available
 from mailhouse.net.tls import make_self_signed
-from tests.integration.conftest import tls_context
+from tests.integration.conftest import inbox, queue, tls_context, wait_for
 from tests.world import MailServer, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -44,27 +41,6 @@ BOB_PW = "ketchup-and-pickles"
 
 # 8-bit text (UTF-8) in the body: only 8BITMIME lets it through unchanged.
 BODY_8BIT = "Crème brûlée ou crêpe Suzette ? Ça dépend du chef.\r\n".encode()
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, msg: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {msg or what}")
-        time.sleep(interval)
-
-
-def queue(server: MailServer) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(server.cli("queue", "list", "--json").stdout)
-    return rows
-
-
-def inbox(server: MailServer, address: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(server.cli("mailbox", "list", address, "--json").stdout)
-    return rows
 
 
 def tls_main_cf(root: Path, hostname: str) -> dict[str, str]:

@@ -11,18 +11,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import ALICE_PW, BOB_PW, Line, tls_context
+from tests.integration.conftest import ALICE_PW, BOB_PW, Line, inbox, show, tls_context
 from tests.world import MailServer
-
-
-def inbox(mx: MailServer, address: str, folder: str = "INBOX") -> list[dict[str, object]]:
-    out = mx.cli("mailbox", "list", address, "--folder", folder, "--json").stdout
-    rows: list[dict[str, object]] = json.loads(out)
-    return rows
-
-
-def show(mx: MailServer, address: str, uid: object) -> bytes:
-    return mx.cli("mailbox", "show", address, str(uid)).stdout
 
 
 def test_textbook_dialogue_byte_for_byte(mx: MailServer) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from mailhouse.dns.testserver import DNSServer, Zone
-from tests.integration.test_outbound import inbox, queue, submit, wait_for
+from tests.integration.conftest import inbox, queue, wait_for
+from tests.integration.test_outbound import submit
 from tests.tlskit import PolicyServer, Response, TestCA, tlsa
 from tests.world import MailServer, free_port
 

@@ -4,9 +4,6 @@ crepes.fr signs what Alice submits; hamburger.edu checks what arrives (SPF, DKIM
 DMARC) against a DNS server on 127.0.0.1 that publishes both domains' MX, A, SPF,
 DKIM and DMARC records. Forgeries come from 127.0.0.2 and 127.0.0.3, addresses
 outside crepes.fr's SPF record (all of 127/8 is this machine).
-
-Parts of this need wiring that mailhouse.serve / mailhouse.net own; until it is
-there those tests are skipped, each naming the line it waits for.
 """
 
 from __future__ import annotations
@@ -15,60 +12,18 @@ import base64
 import json
 import smtplib
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import mailhouse.config
-import mailhouse.net.pop3
-import mailhouse.net.smtp
-import mailhouse.serve
 from mailhouse.dns.testserver import DNSServer, Zone
-from tests.integration.conftest import tls_context
+from tests.integration.conftest import inbox, show, tls_context, wait_for
 from tests.world import MailServer, free_port
 
 ALICE_PW = "alice-trust-pw"
 BOB_PW = "bob-trust-pw"
-
-
-def _source(module: Any) -> str:
-    return Path(module.__file__).read_text()
-
-
-HOOKS_WIRED = "trust" in _source(mailhouse.serve)
-CONFIG_WIRED = "parse_trust" in _source(mailhouse.config)
-LOCKOUT_WIRED = "attempt(" in _source(mailhouse.net.smtp) and "attempt(" in _source(mailhouse.net.pop3)
-
-needs_hooks = pytest.mark.skipif(
-    not HOOKS_WIRED, reason="waits for mailhouse/serve.py to call mailhouse.trust.hooks.install(ctx, resolver)")
-needs_lockout = pytest.mark.skipif(
-    not LOCKOUT_WIRED,
-    reason="waits for net/smtp.py and net/pop3.py to log in with ctx.auth.attempt(..., ip=...) "
-           "and answer the temporary failure when it says locked")
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def inbox(server: MailServer, address: str, folder: str = "INBOX") -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(
-        server.cli("mailbox", "list", address, "--folder", folder, "--json").stdout)
-    return rows
-
-
-def show(server: MailServer, address: str, uid: int, folder: str = "INBOX") -> bytes:
-    return server.cli("mailbox", "show", address, str(uid), "--folder", folder).stdout
 
 
 def message(subject: str, sender: str = "alice@crepes.fr", mid: str | None = None) -> bytes:
@@ -143,7 +98,6 @@ def test_domain_records(world: dict[str, Any]) -> None:
     assert "IN\tMX\t10 mail.crepes.fr." in text
 
 
-@needs_hooks
 def test_crepes_signs_hamburger_verifies(world: dict[str, Any]) -> None:
     crepes, hamburger = world["crepes"], world["hamburger"]
     before = len(inbox(hamburger, "bob@hamburger.edu"))
@@ -164,7 +118,6 @@ def test_crepes_signs_hamburger_verifies(world: dict[str, Any]) -> None:
     assert any(e["kind"] == "dkim_signed" and e["data"]["d"] == "crepes.fr" for e in sent)
 
 
-@needs_hooks
 def test_forgery_from_outside_spf_is_refused(world: dict[str, Any]) -> None:
     hamburger = world["hamburger"]
     with pytest.raises(smtplib.SMTPDataError) as e:
@@ -174,7 +127,6 @@ def test_forgery_from_outside_spf_is_refused(world: dict[str, Any]) -> None:
     assert b"5.7.1" in e.value.smtp_error and b"DMARC" in e.value.smtp_error
 
 
-@needs_hooks
 def test_message_altered_in_transit_fails_dkim(world: dict[str, Any]) -> None:
     crepes, hamburger = world["crepes"], world["hamburger"]
     submit(crepes, "alice@crepes.fr", ALICE_PW, "alice@crepes.fr", ["copy@crepes.fr"], message("to be altered"))
@@ -194,7 +146,6 @@ def test_message_altered_in_transit_fails_dkim(world: dict[str, Any]) -> None:
     assert b"dkim=fail" in head and b"body hash" in head and b"spf=pass" in head
 
 
-@needs_hooks
 def test_spoofed_senders_refused(world: dict[str, Any]) -> None:
     crepes = world["crepes"]
     # Envelope: refused at MAIL FROM once the SMTP server asks may_send_as, else at the end of data.
@@ -233,7 +184,6 @@ def _pop3_login(server: MailServer, source: str, user: str, password: str) -> by
         sock.close()
 
 
-@needs_lockout
 def test_password_guessing_locked_out_across_protocols(world: dict[str, Any]) -> None:
     crepes = world["crepes"]
     guesser = "127.0.0.5"

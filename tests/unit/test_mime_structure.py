@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
-import codecs
 import email
 import email.policy
 import email.utils
@@ -45,6 +44,7 @@ from mailhouse.mime.structure import (
     analyze,
     parse_address_list,
 )
+from tests.unit.test_mime_headers import _reference_decode
 
 Node = dict[str, Any]
 
@@ -1138,24 +1138,6 @@ def test_benchmark_shapes() -> None:
     assert alternative["preview"].startswith("This is a line of body text for the benchmark \u20ac.")
     assert [p["subtype"] for p in alternative["body"]["parts"]] == ["plain", "html"]
     assert binascii.a2b_qp(body_of(BENCH_ALTERNATIVE, alternative["body"]["parts"][0])).count(b"\xe2\x82\xac") == 30
-
-
-def _reference_decode(data: bytes, charset: str | None, final: bool) -> str:
-    """headers.decode_bytes before its fast path (always the incremental decoder)."""
-    codec = codec_name(charset)
-    for name in (codec, "utf-8"):
-        if name is None:
-            continue
-        try:
-            if final:
-                return data.decode(name)
-            return codecs.getincrementaldecoder(name)("strict").decode(data, False)
-        except Exception:
-            continue
-    try:
-        return data.decode(codec or "latin-1", "replace")
-    except Exception:
-        return data.decode("latin-1")
 
 
 def _reference_preview(raw: bytes, start: int, end: int, html_part: bool, charset: str | None, encoding: str) -> str:
