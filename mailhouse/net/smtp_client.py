@@ -69,7 +69,6 @@ class Connection:
     tls_problem: str | None = None  # what the requirement's certificate check found (testing mode goes on)
     last_used: float = field(default_factory=time.monotonic)
     messages: int = 0
-    transcript_mark: int = 0
     # The reply timeout: one lazily re-armed timer per connection rather than an
     # asyncio.timeout() (an object, a timer handle and a reschedule) per read.
     _deadline: float = field(default=0.0, repr=False)
@@ -218,15 +217,6 @@ class SMTPDeliverer:
             self._reaper.cancel()
 
     # ------------------------------------------------------------------ connect
-    def _tls_context(self, policy: str) -> ssl.SSLContext:
-        if policy == "verify":
-            return ssl.create_default_context()
-        ctx = ssl.create_default_context()
-        # Opportunistic TLS (RFC 7435): encrypt even to self-signed servers.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def _open(self, hop: Hop, address: str, policy: TLSRequirement) -> Connection:
         port = hop.port
         try:

@@ -273,3 +273,19 @@ async def test_splice_in_memory_and_spooled(store: SQLiteStore) -> None:
         b.splice(20, 20 + 38, b"")
         assert bytes(b.view()) == body
         b.discard()
+
+
+async def test_a_prefetched_body_is_not_served_for_a_reused_blob_id(store: SQLiteStore) -> None:
+    # Blob ids are reused (max(id) + 1): a body read ahead by due_queue but never
+    # asked for must not be handed out for the next blob given the same id.
+    a = store.new_blob()
+    a.write(b"Subject: A\r\n\r\nfirst\r\n")
+    await store.deliver(a, incoming("QA", 0, "", remote=["x@far.test"]))
+    (entry,) = await store.due_queue(1e12, 10, set())
+    await store.delete_queue_entry("QA")
+    b = store.new_blob()
+    b.write(b"Subject: B\r\n\r\nsecond\r\n")
+    await store.deliver(b, incoming("QB", 0, "", remote=["y@far.test"]))
+    (entry_b,) = await store.list_queue()
+    assert entry_b.blob_id == entry.blob_id  # the id was reused
+    assert await store.blob_source(entry_b.blob_id) == b"Subject: B\r\n\r\nsecond\r\n"

@@ -40,9 +40,6 @@ class DirectoryStore(Engine):
                 c.execute("COMMIT")
             self._snapshot_version = key
 
-    def _invalidate_snapshot(self) -> None:
-        self._snapshot_checked = 0.0
-
     # ------------------------------------------------------------------ domains
     async def add_domain(self, name: str, *, exist_ok: bool = False) -> Domain:
         name = name.lower().rstrip(".")

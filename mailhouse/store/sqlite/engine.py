@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,9 +55,8 @@ MAX_BATCH = 256
 @dataclass
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
-    loop: asyncio.AbstractEventLoop | None
-    future: Any  # asyncio.Future or concurrent.futures.Future
-    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
     # False for changes a crash may undo without harm (flags, read marks, journey
     # notes): a batch of only such jobs commits without waiting for an fsync.
     durable: bool = True
@@ -111,7 +110,6 @@ class Engine:
         self._accounts: dict[str, Account] = {}
         self._aliases: dict[str, Alias] = {}
         self._change_listeners: list[Callable[[Change], None]] = []
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -176,24 +174,26 @@ class Engine:
                     break
                 batch += jobs
             results, orphans = self._run_batch(conn, batch)
-            self._unlink_pending += [path for (path,) in orphans if path]
+            if orphans:
+                self._blobs_dropped([blob_id for blob_id, _ in orphans])
+            self._unlink_pending += [path for _, path in orphans if path]
             # A body file goes only once the commit that dropped its row is durable:
             # after a relaxed commit a crash could bring the row back without it.
             # A FULL commit fsyncs the whole WAL, so it makes all earlier ones durable.
             if self._sync_full and self._unlink_pending:
                 self._unlink(self._unlink_pending)
                 self._unlink_pending = []
-            for j, _r, err in results:
-                if err is None:
-                    for hook in j.after_commit:
-                        with contextlib.suppress(Exception):
-                            hook()
             self._settle_all(results)
         if self._unlink_pending:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(FULL)")  # syncs the WAL first
                 self._unlink(self._unlink_pending)
         conn.close()
+
+    def _blobs_dropped(self, blob_ids: list[int]) -> None:
+        """On the writer thread, once the commit that deleted these blob rows is
+        done and before its callers are woken: their ids may be given to new
+        blobs, so whatever is kept by id must go (see QueueStore)."""
 
     def _unlink(self, paths: list[str]) -> None:
         for path in paths:
@@ -202,7 +202,7 @@ class Engine:
 
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[_Job]
-    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[str | None]]]:
+    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[int, str | None]]]:
         """All jobs in one transaction; if one fails, each again in its own, so a
         failing job sinks only itself (cheaper than a savepoint per job)."""
         try:
@@ -230,7 +230,7 @@ class Engine:
                 else:
                     results.append((j, j.fn(conn), None))
                 i = k
-            orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING path").fetchall()
+            orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING id, path").fetchall()
             conn.execute("COMMIT")
             self.commits += 1
             return results, orphans
@@ -252,13 +252,7 @@ class Engine:
         batch, not one per job (each is a lock, a wakeup write and a GIL handoff)."""
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
         for job, result, error in results:
-            if job.loop is None:
-                if error is None:
-                    job.future.set_result(result)
-                else:
-                    job.future.set_exception(error)
-            else:
-                per_loop.setdefault(job.loop, []).append((job.future, result, error))
+            per_loop.setdefault(job.loop, []).append((job.future, result, error))
         for loop, outcomes in per_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop closed under us
                 loop.call_soon_threadsafe(_settle_futures, outcomes)
@@ -266,7 +260,6 @@ class Engine:
     async def _write(
         self,
         fn: Callable[[sqlite3.Connection], T],
-        after_commit: list[Callable[[], None]] | None = None,
         *,
         durable: bool = True,
         directory: bool = True,
@@ -287,7 +280,7 @@ class Engine:
             waiting = self._handoff[loop] = []
         if not waiting:
             loop.call_soon(self._hand_over, loop)
-        waiting.append(_Job(fn, loop, fut, after_commit or [], durable, many, item))
+        waiting.append(_Job(fn, loop, fut, durable, many, item))
         # A cancelled caller (client gone) cancels only its wait: the job stays
         # queued and commits; _settle_futures skips a cancelled future.
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
@@ -33,7 +32,7 @@ from ..models import (
 )
 from .blobs import SpoolBlob
 from .engine import _folder_name, _now, _uidvalidity
-from .messages import MessageStore
+from .messages import _PARSE_JSON, MessageStore
 
 T = TypeVar("T")
 
@@ -676,9 +675,8 @@ class MailboxStore(MessageStore):
             for item in items:
                 blob = self.new_blob()
                 blob.write(item.raw)
-                if blob.spooled:
-                    await asyncio.get_running_loop().run_in_executor(None, blob.sync)
-                parse_json = json.dumps(analyze(item.raw), separators=(",", ":"))
+                await self._prepare(blob)
+                parse_json = _PARSE_JSON.encode(analyze(item.raw))
                 when = item.internal_date if item.internal_date is not None else _now()
                 prepared.append((blob, parse_json, when, item.internal_tz, list(item.flags)))
 

@@ -88,9 +88,7 @@ class MessageStore(Engine):
             r = c.execute("SELECT data, path FROM blobs WHERE id = ?", (blob_id,)).fetchone()
             if r is None:
                 raise NotFound(f"no blob {blob_id}")
-            if r[0] is not None:
-                return bytes(r[0])
-            return (self.blob_dir / str(r[1])).read_bytes()
+            return self._blob_bytes(r[0], r[1])
 
         return await self._read(fn)
 
@@ -125,23 +123,7 @@ class MessageStore(Engine):
         return Delivered(target.account_id, target.address, fname, uid, fid)
 
     def _deliver_tx(self, c: sqlite3.Connection, blob: SpoolBlob, incoming: Incoming, parse_json: str) -> list[Delivered]:
-        now = _now()
-        blob_id = self._insert_blob(c, blob)
-        out = [
-            self._insert_message(
-                c, t, blob_id, blob.size, parse_json, incoming.internal_date, incoming.flags,
-                incoming.queue_id, incoming.message_id, incoming.internal_tz,
-            )
-            for t in incoming.local
-        ]
-        if incoming.remote:
-            self._insert_queue_entry(c, incoming, blob_id, now)
-        events = list(incoming.events)
-        events += [("delivered", {"account": d.address, "folder": d.folder, "uid": d.uid}) for d in out]
-        if incoming.remote:
-            events.append(("queued", {"recipients": [r.address for r in incoming.remote]}))
-        self._insert_events(c, incoming.queue_id, incoming.message_id, events, now)
-        return out
+        return self._deliver_many(c, [(blob, incoming, parse_json)])[0]
 
     @staticmethod
     def _insert_queue_entry(c: sqlite3.Connection, incoming: Incoming, blob_id: int, now: float) -> None:
@@ -175,7 +157,7 @@ class MessageStore(Engine):
     def _deliver_many(
         self, c: sqlite3.Connection, items: list[tuple[SpoolBlob, Incoming, str]]
     ) -> list[list[Delivered]]:
-        """_deliver_tx for the deliveries waiting in one batch: the same rows, with
+        """The deliveries waiting in one batch (or one alone, _deliver_tx): their rows, with
         one executemany per table and each folder's counters read and written once
         (the writer thread's Python per message is what contends for the GIL with
         the event loop)."""
@@ -265,8 +247,7 @@ class MessageStore(Engine):
 
         blob = self.new_blob()
         blob.write(raw)
-        if blob.spooled:
-            await asyncio.get_running_loop().run_in_executor(None, blob.sync)
+        await self._prepare(blob)
         parse_json = _PARSE_JSON.encode(parse if parse is not None else analyze(raw))
         when = internal_date if internal_date is not None else _now()
         flag_list = list(flags)

@@ -15,7 +15,7 @@ from ..models import (
     QueueRecipient,
 )
 from .engine import _now
-from .messages import MessageStore
+from .messages import _PARSE_JSON, MessageStore
 
 _PREFETCH_LOCK = threading.Lock()
 
@@ -24,15 +24,23 @@ class QueueStore(MessageStore):
     # ------------------------------------------------------------------ queue, journey
     # Bodies read along with due entries (inline blobs only), by blob id: the queue
     # manager asks for each entry's body right after due_queue, and answering that
-    # from here saves an executor hop per message. Consumed on use; bounded in bytes
-    # (a body never asked for, say an entry with nothing pending, must not pile up).
+    # from here saves an executor hop per message. Consumed on use, dropped with its
+    # blob (ids are reused: see _blobs_dropped), kept only for entries with recipients
+    # pending, and bounded in bytes (a body never asked for must not pile up).
     _PREFETCH_MAX_BYTES = 64 * 1024 * 1024
     _prefetch: dict[int, bytes] | None = None
     _prefetch_bytes = 0
+    # Moved (under _PREFETCH_LOCK) whenever blob rows are deleted: a read that began
+    # before such a commit may hold a body whose id is about to be reused, so it
+    # caches nothing.
+    _prefetch_drops = 0
 
     def _queue_entries(
         self, c: sqlite3.Connection, where: str, args: tuple[Any, ...], *, with_data: bool = False
     ) -> list[QueueEntry]:
+        if with_data:
+            with _PREFETCH_LOCK:
+                drops = self._prefetch_drops
         rows = c.execute(
             "SELECT q.id, q.sender, q.message_id, q.created, q.next_attempt, q.attempts, q.held, q.last_error, "
             "q.warned, q.ret, q.envid, q.body_type, q.smtputf8, q.auth_user, b.size, q.blob_id"
@@ -56,25 +64,44 @@ class QueueStore(MessageStore):
                 by_entry[x[0]].append(QueueRecipient(*x[1:]))
         out = []
         for r in rows:
-            if with_data and r[16] is not None:
+            recipients = by_entry[r[0]]
+            if (
+                with_data
+                and r[16] is not None
+                # Only a body the queue manager will ask for: one left unasked stays
+                # in the cache until its blob is dropped or the cache fills.
+                and any(x.state in ("pending", "deferred") for x in recipients)
+            ):
                 data = bytes(r[16])
                 with _PREFETCH_LOCK:  # filled on a reader thread, emptied on the loop's
-                    cache = self._prefetched()
-                    if self._prefetch_bytes + len(data) > self._PREFETCH_MAX_BYTES:
-                        cache.clear()  # leftovers: those still wanted are read again, no harm
-                        self._prefetch_bytes = 0
-                    old = cache.pop(r[15], None)
-                    self._prefetch_bytes += len(data) - (len(old) if old is not None else 0)
-                    cache[r[15]] = data
+                    if self._prefetch_drops == drops:  # else blob_source reads it again
+                        cache = self._prefetched()
+                        if self._prefetch_bytes + len(data) > self._PREFETCH_MAX_BYTES:
+                            cache.clear()  # leftovers: those still wanted are read again, no harm
+                            self._prefetch_bytes = 0
+                        old = cache.pop(r[15], None)
+                        self._prefetch_bytes += len(data) - (len(old) if old is not None else 0)
+                        cache[r[15]] = data
             out.append(
                 QueueEntry(
                     id=r[0], sender=r[1], message_id=r[2], created=r[3], next_attempt=r[4], attempts=r[5],
                     held=bool(r[6]), last_error=r[7], warned=bool(r[8]), ret=r[9], envid=r[10],
-                    body_type=r[11], smtputf8=bool(r[12]), auth_user=r[13], size=r[14], recipients=by_entry[r[0]],
+                    body_type=r[11], smtputf8=bool(r[12]), auth_user=r[13], size=r[14], recipients=recipients,
                     blob_id=r[15],
                 )
             )
         return out
+
+    def _blobs_dropped(self, blob_ids: list[int]) -> None:
+        # On the writer thread (see Engine): these ids may come back for new blobs.
+        with _PREFETCH_LOCK:
+            self._prefetch_drops += 1
+            cache = self._prefetch
+            if cache:
+                for blob_id in blob_ids:
+                    data = cache.pop(blob_id, None)
+                    if data is not None:
+                        self._prefetch_bytes -= len(data)
 
     def _prefetched(self) -> dict[int, bytes]:
         cache = self._prefetch
@@ -138,7 +165,7 @@ class QueueStore(MessageStore):
         outcome: AttemptOutcome,
         notices: list[tuple[BlobWriter, Incoming]],
     ) -> bool:
-        prepared = [(await self._prepare(b), inc, json.dumps(inc.parse, separators=(",", ":"))) for b, inc in notices]
+        prepared = [(await self._prepare(b), inc, _PARSE_JSON.encode(inc.parse)) for b, inc in notices]
         now = _now()
 
         def fn(c: sqlite3.Connection) -> bool:
