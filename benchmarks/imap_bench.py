@@ -4,6 +4,7 @@
     python -m benchmarks.imap_bench --dovecot       # the same workload against Dovecot in the same run
     python -m benchmarks.imap_bench --dovecot --rounds 3   # alternate the targets 3 times
     python -m benchmarks.imap_bench --big 100000    # SELECT / FETCH / SEARCH / QRESYNC times
+    python -m benchmarks.imap_bench --workers 2     # mailhouse with [server] workers = 2
     python -m benchmarks.imap_idle --count 5000     # memory per idle IDLE connection (own script)
 
 Each workload session (a new connection each time, as issue 4 asks): LOGIN,
@@ -40,8 +41,8 @@ Fairness, and what each side pays:
   (``mailhouse.auth.service``; Dovecot's ``auth_cache`` is the same idea).
   A warm-up logs every account in once before timing, for both targets.
 * CPU. The load generator shares the machine's cores with the target; the
-  server's own CPU per command is printed too (for Dovecot: the master and
-  every child, reaped ones included).
+  server's own CPU per command is printed too (for mailhouse: ``serve`` and
+  its workers; for Dovecot: the master and every child; reaped ones included).
 
 Other work on the machine moves every figure: the load average is printed
 at the start and the end; compare the targets within one run (``--rounds``
@@ -381,7 +382,7 @@ def report(res: Result) -> None:
     xs = res.all
     med = statistics.median(xs) if xs else 0.0
     print(
-        f"{res.name:10s} {res.rate:7.0f} commands/s  p50 {med * 1000:6.2f} ms  p99 {pct(xs, 0.99) * 1000:7.2f} ms"
+        f"{res.name:12s} {res.rate:7.0f} commands/s  p50 {med * 1000:6.2f} ms  p99 {pct(xs, 0.99) * 1000:7.2f} ms"
         f"  CPU/cmd server {res.cpu / max(1, res.count) * 1e6:4.0f} us, clients"
         f" {res.client_cpu / max(1, res.count) * 1e6:4.0f} us  ({res.count} in {res.seconds:.1f} s, load {res.load})"
     )
@@ -404,8 +405,10 @@ def py_spy(pid: int, out: str | None) -> Iterator[subprocess.Popen[bytes] | None
         yield None
         return
     fmt = "speedscope" if out.endswith(".json") else "raw" if out.endswith(".txt") else "flamegraph"
+    # --subprocesses: with [server] workers the IMAP sessions run in serve's children.
     spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "-o", out, "-f", fmt, "-r", "250", "--threads", "--nonblocking"],
+        ["py-spy", "record", "--pid", str(pid), "-o", out, "-f", fmt, "-r", "250", "--threads", "--nonblocking",
+         "--subprocesses"],
         stdout=subprocess.DEVNULL,
     )
     time.sleep(1.0)
@@ -416,13 +419,24 @@ def py_spy(pid: int, out: str | None) -> Iterator[subprocess.Popen[bytes] | None
         spy.wait(30)
 
 
+def mailhouse_extra(workers: int) -> dict[str, dict[str, object]] | None:
+    """Config tables for ``--workers``; 0 (the default) is left out of the config."""
+    return {"server": {"workers": workers}} if workers else None
+
+
+def mailhouse_name(workers: int) -> str:
+    return f"mailhouse-w{workers}" if workers else "mailhouse"
+
+
 def run_mailhouse(args: argparse.Namespace, root: Path) -> Result:
-    srv = start_mailhouse(root, args.accounts, args.messages)
+    srv = start_mailhouse(root, args.accounts, args.messages, extra=mailhouse_extra(args.workers))
     try:
         assert srv.proc is not None
+        # srv.proc is `serve`: proc_tree_cpu counts it and its workers (found anew at each call).
         return asyncio.run(
             workload(
-                "mailhouse", srv.port("imap"), srv.proc.pid, args.clients, args.accounts, args.seconds, args.py_spy
+                mailhouse_name(args.workers), srv.port("imap"), srv.proc.pid, args.clients, args.accounts,
+                args.seconds, args.py_spy,
             )
         )
     finally:
@@ -465,7 +479,7 @@ def run_workload(args: argparse.Namespace, root: Path) -> None:
             print(f"  round {r + 1}: mailhouse / Dovecot = {mh.rate / dc.rate:.2f}x commands/s")
     print(f"load average at end: {loadavg()}")
     if have_dovecot and args.rounds > 1:
-        mhs = [x.rate for x in results if x.name == "mailhouse"]
+        mhs = [x.rate for x in results if x.name.startswith("mailhouse")]
         dcs = [x.rate for x in results if x.name == "dovecot"]
         print(
             f"median over {args.rounds} rounds: mailhouse {statistics.median(mhs):.0f}, Dovecot"
@@ -518,12 +532,15 @@ def main() -> None:
     ap.add_argument("--per-command", action="store_true", help="p50 / p99 per command (last round)")
     ap.add_argument("--py-spy", metavar="FILE", help="record mailhouse with py-spy (.json: speedscope, .svg)")
     ap.add_argument("--big", type=int, default=0, help="time a mailbox of this many messages instead")
+    ap.add_argument("--workers", type=int, default=0, help="mailhouse's [server] workers (default 0: one process)")
     args = ap.parse_args()
+    if args.workers < 0:
+        ap.error("--workers wants a number >= 0")
     root = Path(tempfile.mkdtemp(prefix="imap-bench-"))
     os.chmod(root, 0o755)
     try:
         if args.big:
-            srv = start_mailhouse(root / "mh", 1, 0, args.big)
+            srv = start_mailhouse(root / "mh", 1, 0, args.big, extra=mailhouse_extra(args.workers))
             try:
                 asyncio.run(big_mailbox(srv.port("imap"), args.big))
             finally:

@@ -11,7 +11,9 @@ Targets (``--targets``, run one after the other, each on its own free port):
   postfix    a private Postfix (benchmarks/postfix_peer.py) delivering with
              virtual(8) into a Maildir (the durable peer); "durable" = every
              message is in the Maildir.
-  mailhouse  ``mailhouse -c CONFIG serve`` started here on a fresh data dir.
+  mailhouse  ``mailhouse -c CONFIG serve`` started here on a fresh data dir;
+             ``--mailhouse-workers 0,2`` runs it once per value of ``[server]
+             workers`` (labelled mailhouse, mailhouse-w2).
   external   whatever listens on --host/--port (loopback only); nothing started.
 
 Load generators (``--loads``):
@@ -38,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import json
 import math
 import os
@@ -706,13 +709,30 @@ class PostfixTarget(Target):
         self.pf.clear_maildir("rcpt")
 
 
+def mailhouse_label(workers: int) -> str:
+    """The target's name: ``mailhouse`` for one process, ``mailhouse-wN`` with N workers."""
+    return "mailhouse" if workers == 0 else f"mailhouse-w{workers}"
+
+
+def is_subject(target: str) -> bool:
+    """A target the ratios are computed for: mailhouse (any variant) or external."""
+    return target in ("mailhouse", "external") or target.startswith("mailhouse-w")
+
+
 class MailhouseTarget(Target):
-    name = "mailhouse"
+    name = "mailhouse"  # or "mailhouse-wN"
 
     def __init__(
-        self, workdir: Path, cmd: list[str], start_timeout: float, dns_stub: bool = True
+        self,
+        workdir: Path,
+        cmd: list[str],
+        start_timeout: float,
+        dns_stub: bool = True,
+        workers: int = 0,
     ) -> None:
-        self.dir = workdir / "mailhouse"
+        self.workers = workers
+        self.name = mailhouse_label(workers)
+        self.dir = workdir / self.name
         self.port = free_port()
         self.cmd = cmd
         self.start_timeout = start_timeout
@@ -721,8 +741,10 @@ class MailhouseTarget(Target):
         self.dns_port = free_udp_port() if dns_stub else None
         self.dns_stats: dict[str, object] | None = None
         self.config = self.dir / "mailhouse.toml"
-        self.description = f"mailhouse ({shlex.join(cmd)}) on {self.host}:{self.port}" + (
-            f", DNS: NXDOMAIN stub on 127.0.0.1:{self.dns_port}" if dns_stub else ", system DNS"
+        self.description = (
+            f"mailhouse ({shlex.join(cmd)}) on {self.host}:{self.port}"
+            + (f", [server] workers = {workers}" if workers else ", one process")
+            + (f", DNS: NXDOMAIN stub on 127.0.0.1:{self.dns_port}" if dns_stub else ", system DNS")
         )
 
     def _start_dns_stub(self) -> None:
@@ -767,6 +789,8 @@ class MailhouseTarget(Target):
             # Like the Postfix peer (no policy service): the load generator's address
             # is trusted, so no SPF/DKIM/DMARC checks and no connection-rate limit.
             '\n[trust]\ntrusted_networks = ["127.0.0.0/8"]\n'
+            # workers = 0 is the default: left out, so trees without the key still run.
+            + (f"\n[server]\nworkers = {self.workers}\n" if self.workers else "")
             + (
                 f'\n[dns]\nnameservers = ["127.0.0.1:{self.dns_port}"]\n'
                 if self.dns_port is not None
@@ -841,9 +865,10 @@ class MailhouseTarget(Target):
             _stop_process(self.dns_proc, 5)
             with contextlib.suppress(OSError, ValueError):
                 self.dns_stats = json.loads((self.dir / "dns-stats.json").read_text())
-                log(f"  mailhouse DNS queries (to the stub): {self.dns_stats}")
+                log(f"  {self.name} DNS queries (to the stub): {self.dns_stats}")
 
     def cpu_seconds(self) -> float | None:
+        # serve and all its descendants (the workers), enumerated again at each call.
         return proc_tree_cpu(self.proc.pid) if self.proc and self.proc.poll() is None else None
 
 
@@ -1031,11 +1056,13 @@ def table(results: list[Result]) -> str:
 
 
 def ratios(results: list[Result], size: int, sessions: int) -> list[dict[str, object]]:
-    """mailhouse/Postfix and mailhouse/smtp-sink for each load at (size, sessions)."""
+    """mailhouse/Postfix and mailhouse/smtp-sink for each load at (size, sessions), for
+    each mailhouse variant (mailhouse, mailhouse-wN) and external."""
     by = {(r.target, r.load): r for r in results if r.size == size and r.sessions == sessions}
+    subjects = list(dict.fromkeys(r.target for r in results if is_subject(r.target)))
     out: list[dict[str, object]] = []
-    for load in ALL_LOADS:
-        mh = by.get(("mailhouse", load)) or by.get(("external", load))
+    for load, subject in itertools.product(ALL_LOADS, subjects):
+        mh = by.get((subject, load))
         if mh is None or mh.errors:
             continue
         row: dict[str, object] = {
@@ -1064,8 +1091,10 @@ def ratio_text(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "(no ratios: mailhouse (or external) and a reference were not both measured)"
     out = []
+    width = max(len(str(r["subject"])) for r in rows)
     for r in rows:
-        parts = [f"{r['subject']} {r['load']:<11} {fmt_size(int(r['size']))} s={r['sessions']}:"]  # type: ignore[call-overload]
+        size = fmt_size(int(r["size"]))  # type: ignore[call-overload]
+        parts = [f"{r['subject']!s:<{width}} {r['load']:<11} {size} s={r['sessions']}:"]
         if "vs_postfix_durable" in r:
             v = float(r["vs_postfix_durable"])  # type: ignore[arg-type]
             parts.append(f"/Postfix(durable) {v:5.2f}x [{'ok' if v >= 3 else 'below'} goal >=3x]")
@@ -1138,6 +1167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " PATH, else `python -m mailhouse` from this tree)",
     )
     p.add_argument(
+        "--mailhouse-workers",
+        default="0",
+        metavar="LIST",
+        help="comma list of [server] workers values: the mailhouse target is run once per"
+        " value, labelled mailhouse (0) or mailhouse-wN (default: %(default)s)",
+    )
+    p.add_argument(
         "--mailhouse-dns",
         choices=("stub", "system"),
         default="stub",
@@ -1181,6 +1217,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.postfix_set = {k.strip(): v.strip() for k, v in a.postfix_set.items()}
     a.sessions = [int(x) for x in a.sessions.split(",") if x]
     a.sizes = [int(x) for x in a.sizes.split(",") if x]
+    try:
+        workers = [int(x) for x in a.mailhouse_workers.split(",") if x.strip()]
+    except ValueError:
+        p.error("--mailhouse-workers wants a comma list of whole numbers, e.g. 0,2")
+    if not workers or min(workers) < 0:
+        p.error("--mailhouse-workers wants numbers >= 0, e.g. 0,2")
+    a.mailhouse_workers = list(dict.fromkeys(workers))
     if max(a.sessions) > 200:
         p.error("at most 200 sessions (2-core machine)")
     return a
@@ -1259,10 +1302,17 @@ def main(argv: list[str] | None = None) -> int:
             "will lower every figure; compare targets within one run only"
         )
     skipped: dict[str, str] = {}
-    mailhouse_target: MailhouseTarget | None = None
+    mailhouse_targets: list[MailhouseTarget] = []
+    # "mailhouse" stands for one target per --mailhouse-workers value, in that order.
+    runs = [
+        (name, w)
+        for name in a.targets
+        for w in (a.mailhouse_workers if name == "mailhouse" else [0])
+    ]
+    meta["mailhouse_workers"] = a.mailhouse_workers
     t_all = time.perf_counter()
     try:
-        for name in a.targets:
+        for name, workers in runs:
             target: Target
             try:
                 if name == "sink":
@@ -1277,14 +1327,16 @@ def main(argv: list[str] | None = None) -> int:
                         mailhouse_command(a.mailhouse_cmd),
                         a.start_timeout,
                         dns_stub=a.mailhouse_dns == "stub",
+                        workers=workers,
                     )
-                    mailhouse_target = target
+                    mailhouse_targets.append(target)
                 else:
                     target = ExternalTarget(a.host, a.port)
                 run_target(target, plan)
             except (RuntimeError, OSError, TimeoutError, subprocess.SubprocessError) as e:
-                skipped[name] = str(e)
-                log(f"!! {name} skipped/aborted: {e}")
+                label = mailhouse_label(workers) if name == "mailhouse" else name
+                skipped[label] = str(e)
+                log(f"!! {label} skipped/aborted: {e}")
     finally:
         with _shielded():
             if not a.keep:
@@ -1292,8 +1344,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log(f"kept {workdir}")
     meta["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    if mailhouse_target is not None:
-        meta["mailhouse_dns_stub"] = mailhouse_target.dns_stats
+    if len(mailhouse_targets) == 1:
+        meta["mailhouse_dns_stub"] = mailhouse_targets[0].dns_stats
+    elif mailhouse_targets:  # several variants: one entry per label
+        meta["mailhouse_dns_stub"] = {t.name: t.dns_stats for t in mailhouse_targets}
 
     ratio_sessions = 20 if 20 in plan.sessions else max(plan.sessions)
     ratio_size = 4096 if 4096 in plan.sizes else min(plan.sizes)

@@ -146,6 +146,9 @@ class Config:
     # IMAP/POP3 logins without TLS from non-loopback clients (loopback is always allowed).
     allow_plaintext_auth: bool = False
     trust: TrustSettings = field(default_factory=TrustSettings)
+    # Processes serving SMTP, IMAP and POP3 beside the main one (which keeps the
+    # queue, HTTP and the notices between them); 0: everything in one process.
+    workers: int = 0
     path: Path | None = None  # the file this came from; None: development defaults
 
     @property
@@ -193,7 +196,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     _check_keys(
         doc,
         {"hostname", "domains", "data_dir", "listen", "tls", "storage", "queue", "dns", "routes", "limits",
-         "tls_policy", "allow_plaintext_auth", "trust", "mta_sts"},
+         "tls_policy", "allow_plaintext_auth", "trust", "mta_sts", "server"},
         path.name,
     )
     cfg = Config(path=path.resolve())
@@ -224,6 +227,15 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
         cfg.tls_key = _resolve(base, tls["key"], "tls.key")
     if "ca_file" in tls:
         cfg.tls_ca_file = _resolve(base, tls["ca_file"], "tls.ca_file")
+
+    server = _table(doc, "server")
+    _check_keys(server, {"workers"}, "[server]")
+    workers = server.get("workers", 0)
+    if workers == "auto":
+        workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
+        raise ConfigError('server.workers: expected a number of processes from 0 to 64, or "auto"')
+    cfg.workers = workers
 
     storage = _table(doc, "storage")
     _check_keys(storage, {"url"}, "[storage]")
@@ -323,6 +335,10 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
             setattr(lim, k, parse_duration(limits[k], f"limits.{k}"))
     cfg.limits = lim
     cfg.trust = parse_trust(_table(doc, "trust"))
+    if cfg.workers and cfg.trust.greylisting:
+        # Its triplets live in one process's memory: a retry landing on another
+        # worker would be deferred again.
+        raise ConfigError("[trust] greylisting needs [server] workers = 0 (its state is kept in one process)")
     return cfg
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .auth.service import Authenticator
 from .config import Config
+from .net.counts import ConnectionCounts
 from .store.base import Store
 
 
@@ -21,7 +21,7 @@ class Context:
     auth: Authenticator
     tls: ssl.SSLContext | None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
-    connections: Counter[str] = field(default_factory=Counter)  # per client IP
+    connections: ConnectionCounts = field(default_factory=ConnectionCounts)  # SMTP, per client IP
     on_queued: Callable[[], None] = lambda: None  # wakes the queue manager
     # Checks run on every complete message before commit, per listener
     # (trust checks on smtp, signing on submission); filled in by serve.
@@ -32,4 +32,4 @@ class Context:
 
     @property
     def total_connections(self) -> int:
-        return sum(self.connections.values())
+        return self.connections.total()

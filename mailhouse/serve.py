@@ -1,4 +1,4 @@
-"""`mailhouse serve`: every configured listener and the queue in one process."""
+"""`mailhouse serve`: the listeners and the queue (and the workers, when configured)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from . import log
 from .auth.service import Authenticator
@@ -20,6 +22,7 @@ from .queue.routing import Router
 from .store import open_store
 from .trust.hooks import install as install_trust
 from .trust.tlspolicy import outbound_tls
+from .workers.supervisor import Workers
 
 logger = log.get("serve")
 
@@ -33,6 +36,42 @@ def check_listeners(config: Config) -> None:
                 f"listener {name!r} is not available in this version of mailhouse; "
                 f"remove [listen] {name} from the configuration"
             )
+
+
+async def start_listeners(ctx: Context, names: list[str]) -> list[Listener]:
+    listeners: list[Listener] = []
+    for name in names:
+        host, port = ctx.config.listen[name]
+        cls = listener_class(name)
+        lst: Listener = cls(ctx, name, host, port)
+        try:
+            await lst.start()
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} for {name}: {e.strerror}") from None
+        listeners.append(lst)
+        logger.info("listening for %s on %s:%d", name, host, port)
+    return listeners
+
+
+async def stop_listeners(ctx: Context, listeners: list[Listener], *more: Awaitable[Any]) -> None:
+    """No new connections; the sessions in flight finish (or are cut at their grace)."""
+    ctx.shutting_down.set()
+    for lst in listeners:
+        lst.stop_accepting()
+    await asyncio.gather(*(lst.drain() for lst in listeners), *more)
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    # Everything made at start-up (modules, config, the directory snapshot) lives
+    # as long as the process: out of the collector's sight, it is never rescanned.
+    gc.collect()
+    gc.freeze()
+    await stop.wait()
 
 
 async def serve(config: Config) -> None:
@@ -49,35 +88,24 @@ async def serve(config: Config) -> None:
         queue = QueueManager(store, router, deliverer, config.queue, config.hostname,
                              max_parallel=config.queue.max_connections)
         ctx.on_queued = queue.kick
+        workers = Workers(config, store, queue.kick, ctx.auth) if config.workers else None
+        names = [n for n in LISTENER_NAMES if n in config.listen]
+        if workers is not None:
+            workers.bind()
+            names = [n for n in names if n not in workers.names]
+        try:
+            listeners = await start_listeners(ctx, names)
+        except BaseException:
+            if workers is not None:
+                workers.close_sockets()
+            raise
         queue_task = asyncio.get_running_loop().create_task(queue.run())
-        listeners: list[Listener] = []
-        for name in LISTENER_NAMES:
-            if name in config.listen:
-                host, port = config.listen[name]
-                cls = listener_class(name)
-                lst: Listener = cls(ctx, name, host, port)
-                try:
-                    await lst.start()
-                except OSError as e:
-                    raise ConfigError(f"cannot listen on {host}:{port} for {name}: {e.strerror}") from None
-                listeners.append(lst)
-                logger.info("listening for %s on %s:%d", name, host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        # Everything made at start-up (modules, config, the directory snapshot) lives
-        # as long as the process: out of the collector's sight, it is never rescanned.
-        gc.collect()
-        gc.freeze()
+        if workers is not None:
+            await workers.start()
         logger.info("mailhouse ready: hostname=%s data_dir=%s", config.hostname, config.data_dir)
-        await stop.wait()
+        await until_signalled()
         logger.info("shutting down: no new connections; finishing sessions in flight")
-        ctx.shutting_down.set()
-        for lst in listeners:
-            lst.stop_accepting()
-        await asyncio.gather(*(lst.drain() for lst in listeners), queue.stop())
+        await stop_listeners(ctx, listeners, queue.stop(), *([workers.stop()] if workers is not None else []))
         queue_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await queue_task
@@ -87,11 +115,11 @@ async def serve(config: Config) -> None:
     logger.info("stopped")
 
 
-def run(config: Config) -> None:
+def run(config: Config, main: Callable[[Config], Coroutine[Any, Any, None]] = serve) -> None:
     log.setup()
     try:
         import uvloop
     except ImportError:  # optional: stock asyncio works, at a higher CPU cost per read
-        asyncio.run(serve(config))
+        asyncio.run(main(config))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(main(config))

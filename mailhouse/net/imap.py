@@ -21,6 +21,7 @@ from .. import log
 from ..context import Context
 from ..imap.session import IMAPSession
 from . import is_loopback
+from .listeners import bind_args
 
 logger = log.get("imap")
 
@@ -227,8 +228,8 @@ class IMAPListener:
             raise RuntimeError("imaps needs TLS")
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: IMAPConnection(self, implicit), self.host or None, self.port,
-            ssl=self.ctx.tls if implicit else None, reuse_address=True, backlog=1024,
+            lambda: IMAPConnection(self, implicit), **bind_args(self.host, self.port),
+            ssl=self.ctx.tls if implicit else None, backlog=1024,
         )
         self._sweeper = loop.create_task(self._sweep())
 

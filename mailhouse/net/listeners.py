@@ -8,6 +8,7 @@ listener whose module is not part of this build is refused at start.
 from __future__ import annotations
 
 import importlib
+import socket
 from typing import Any, Protocol
 
 
@@ -44,3 +45,38 @@ def listener_class(name: str) -> Any:
             return None  # not built in this version
         raise
     return getattr(mod, cls, None)
+
+
+# Listening sockets a worker process got from the main process, by (host, port):
+# every worker accepts on the same socket (see mailhouse/workers).
+INHERITED: dict[tuple[str, int], socket.socket] = {}
+
+
+def bind_args(host: str, port: int) -> dict[str, Any]:
+    """Where a listener's server listens: the inherited socket, else its own."""
+    sock = INHERITED.get((host, port))
+    if sock is not None:
+        return {"sock": sock}
+    return {"host": host or None, "port": port, "reuse_address": True}
+
+
+def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """The socket the main process binds for its workers. "" (all addresses)
+    is one dual-stack IPv6 socket where the system has IPv6."""
+    if not host:
+        host = "::" if socket.has_ipv6 else "0.0.0.0"
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

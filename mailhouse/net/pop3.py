@@ -11,6 +11,7 @@ from ..context import Context
 from ..pop3 import machine as pm
 from ..store.models import Folder
 from . import is_loopback
+from .listeners import bind_args
 
 logger = log.get("pop3")
 
@@ -29,8 +30,7 @@ class POP3Listener:
     async def start(self) -> None:
         implicit = self.name == "pop3s"
         self.server = await asyncio.start_server(
-            self._session, self.host or None, self.port, ssl=self.ctx.tls if implicit else None,
-            reuse_address=True, backlog=256,
+            self._session, **bind_args(self.host, self.port), ssl=self.ctx.tls if implicit else None, backlog=256,
         )
 
     def stop_accepting(self) -> None:

@@ -20,6 +20,7 @@ from ..delivery.trace import TLSInfo
 from ..smtp import server as sm
 from ..smtp.grammar import format_reply
 from ..trust.hooks import allow_connection, may_send_as
+from .listeners import bind_args
 
 logger = log.get("smtpd")
 
@@ -114,7 +115,7 @@ class SMTPSession(asyncio.BufferedProtocol):
             logger.info("reject: connect from [%s] on %s: too many connections", ip, self.listener)
             self._close()
             return
-        if self.ctx.connections[ip] >= lim.max_connections_per_ip:
+        if self.ctx.connections.of(ip) >= lim.max_connections_per_ip:
             self.machine.refuse(421, "4.7.0", f"Error: too many connections from {ip}")
             logger.info("reject: connect from [%s] on %s: too many connections from this address", ip, self.listener)
             self._close()
@@ -124,7 +125,7 @@ class SMTPSession(asyncio.BufferedProtocol):
             logger.info("reject: connect from [%s] on %s: connection rate", ip, self.listener)
             self._close()
             return
-        self.ctx.connections[ip] += 1
+        self.ctx.connections.add(ip)
         self._counted = True
         logger.info("connect from [%s] on %s%s", ip, self.listener, " (TLS)" if self.implicit_tls else "")
         self.machine.greet()
@@ -267,9 +268,7 @@ class SMTPSession(asyncio.BufferedProtocol):
             self.registry.discard(self)
         if self._counted:
             ip = self.peer_ip
-            self.ctx.connections[ip] -= 1
-            if self.ctx.connections[ip] <= 0:
-                del self.ctx.connections[ip]
+            self.ctx.connections.remove(ip)
             logger.info("disconnect from [%s] helo=%s messages=%d", ip, self.helo or "-", self.messages)
         if self.transport is not None:
             with contextlib.suppress(Exception):
@@ -435,8 +434,7 @@ class SMTPListener:
 
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            factory, self.host or None, self.port, ssl=self.ctx.tls if implicit else None,
-            reuse_address=True, backlog=1024,
+            factory, **bind_args(self.host, self.port), ssl=self.ctx.tls if implicit else None, backlog=1024,
         )
 
     def stop_accepting(self) -> None:

@@ -194,6 +194,11 @@ class Store(abc.ABC):
         returns the unsubscribe function."""
 
     @abc.abstractmethod
+    def announce_changes(self, changes: list[Change]) -> None:
+        """Tell this process's subscribers of commits another process made (a
+        worker's, relayed by the main process)."""
+
+    @abc.abstractmethod
     async def mailbox_usage(self, account_id: int) -> int:
         """Bytes of mail stored for the account (QUOTA)."""
 

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -94,6 +96,12 @@ class Engine:
         # handoff) for all the sessions served in that iteration.
         self._handoff: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._writer: threading.Thread | None = None
+        # Every process writing this store (serve, its SMTP workers, the CLI) takes
+        # this lock around a write transaction. SQLite's own lock would do, but a
+        # writer that finds it taken sleeps in its busy handler (1, 2, 5 ... 100 ms)
+        # instead of waking when it is free: with several writers the sleeps, not
+        # the work, would set the pace.
+        self._lock_fd = -1
         self._reader: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -115,9 +123,11 @@ class Engine:
     async def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_dir.mkdir(exist_ok=True)
+        self._lock_fd = os.open(self.data_dir / "mailhouse.db.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         conn = _connect(self.db_path)
-        conn.execute("PRAGMA journal_mode = WAL")
-        self._migrate(conn)
+        with self._write_lock():
+            conn.execute("PRAGMA journal_mode = WAL")
+            self._migrate(conn)
         self._reader = _connect(self.db_path)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-read")
         self._writer = threading.Thread(
@@ -137,6 +147,17 @@ class Engine:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -173,7 +194,8 @@ class Engine:
                     stop = True
                     break
                 batch += jobs
-            results, orphans = self._run_batch(conn, batch)
+            with self._write_lock():
+                results, orphans = self._run_batch(conn, batch)
             if orphans:
                 self._blobs_dropped([blob_id for blob_id, _ in orphans])
             self._unlink_pending += [path for _, path in orphans if path]
@@ -186,7 +208,8 @@ class Engine:
             self._settle_all(results)
         if self._unlink_pending:
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA wal_checkpoint(FULL)")  # syncs the WAL first
+                with self._write_lock():
+                    conn.execute("PRAGMA wal_checkpoint(FULL)")  # syncs the WAL first
                 self._unlink(self._unlink_pending)
         conn.close()
 

@@ -275,6 +275,9 @@ class MessageStore(Engine):
 
         return unsubscribe
 
+    def announce_changes(self, changes: list[Change]) -> None:
+        self._publish(changes)
+
     def _publish(self, changes: list[Change]) -> None:
         for ch in changes:
             for cb in list(self._change_listeners):

@@ -1,0 +1,100 @@
+"""SMTP connections per client address, for the connection limits.
+
+In one process a Counter does. With worker processes the limits are the
+server's, not each worker's: every process keeps its counts in its own slab of
+a shared, file-backed memory map and reads the sum of all slabs. Each slab has
+one writer, so no lock is taken; two workers admitting the last allowed
+connection at the same instant may both let it in (the limit is exceeded by at
+most one per worker, for as long as those connections last).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from collections import Counter
+from pathlib import Path
+
+BUCKETS = 1 << 16  # addresses hash into these; a collision only makes a limit stricter
+_SLAB = 8 + 2 * BUCKETS  # total (uint64) + per-bucket counts (uint16)
+
+
+class ConnectionCounts:
+    """This process's connections (and, when shared, every worker's)."""
+
+    def __init__(self) -> None:
+        self.local: Counter[str] = Counter()
+
+    def total(self) -> int:
+        return self.local.total()
+
+    def of(self, ip: str) -> int:
+        return self.local[ip]
+
+    def add(self, ip: str) -> None:
+        self.local[ip] += 1
+
+    def remove(self, ip: str) -> None:
+        n = self.local[ip] - 1
+        if n <= 0:
+            del self.local[ip]
+        else:
+            self.local[ip] = n
+
+
+def _bucket(ip: str) -> int:
+    return zlib.crc32(ip.encode()) & (BUCKETS - 1)  # hash() differs between processes
+
+
+class SharedConnectionCounts(ConnectionCounts):
+    def __init__(self, path: Path, slot: int, slots: int) -> None:
+        super().__init__()
+        self.slot = slot
+        self.slots = slots
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._map = mmap.mmap(fd, _SLAB * slots)
+        finally:
+            os.close(fd)
+        self._totals = [memoryview(self._map)[i * _SLAB : i * _SLAB + 8].cast("Q") for i in range(slots)]
+        self._buckets = [memoryview(self._map)[i * _SLAB + 8 : (i + 1) * _SLAB].cast("H") for i in range(slots)]
+
+    @staticmethod
+    def create(path: Path, slots: int) -> None:
+        """The main process, before any worker starts: all counts zero."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(_SLAB * slots)
+
+    @staticmethod
+    def clear_slot(path: Path, slot: int) -> None:
+        """A worker died: its connections died with it."""
+        with open(path, "r+b") as f:
+            f.seek(slot * _SLAB)
+            f.write(bytes(_SLAB))
+
+    def total(self) -> int:
+        return sum(t[0] for t in self._totals)
+
+    def of(self, ip: str) -> int:
+        b = _bucket(ip)
+        return sum(s[b] for s in self._buckets)
+
+    def add(self, ip: str) -> None:
+        super().add(ip)
+        b = _bucket(ip)
+        mine = self._buckets[self.slot]
+        mine[b] = min(mine[b] + 1, 0xFFFF)
+        self._totals[self.slot][0] += 1
+
+    def remove(self, ip: str) -> None:
+        if ip not in self.local:
+            return
+        super().remove(ip)
+        b = _bucket(ip)
+        mine = self._buckets[self.slot]
+        if mine[b]:
+            mine[b] -= 1
+        if self._totals[self.slot][0]:
+            self._totals[self.slot][0] -= 1

@@ -1,0 +1,21 @@
+"""Worker processes: SMTP, IMAP and POP3 served by several interpreters.
+
+One interpreter runs Python on one core at a time. With ``[server] workers =
+N`` the main process binds the listening sockets of smtp, submission(s),
+imap(s) and pop3(s) and starts N workers (``python -m mailhouse.workers.worker``)
+that all accept on them; the kernel hands each new connection to one of them.
+Each worker opens the store itself: SQLite admits one writer at a time, and
+the store's lock file makes writers queue for it instead of polling
+(see store/sqlite/engine.py), each still committing its sessions in groups.
+
+The main process keeps what must be one: the queue manager and the HTTP
+listeners. It relays notices over a socket pair per worker (link.py): a
+worker's commits that change a folder reach every other process at once
+(an IDLE session elsewhere hears of a delivery as if it were local), and a
+worker that queued mail wakes the queue manager. SMTP connection limits are
+counted in shared memory (net/counts.py). A worker that dies is restarted.
+
+Kept per process, not shared: IMAP's \\Recent marks and per-address IMAP
+connection counts, login failure lockouts, per-user sending rates and the
+connection rate; greylisting is refused with workers (config.py).
+"""

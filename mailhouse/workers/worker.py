@@ -1,0 +1,164 @@
+"""A worker process: ``python -m mailhouse.workers.worker``, started by serve.
+
+It serves the listeners whose sockets it inherits, with its own store
+connection, and keeps the main process told of its changes through the link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import sys
+
+from .. import log
+from ..auth.service import Authenticator, LoginResult
+from ..config import Config, ConfigError, load_config
+from ..context import Context
+from ..dns.resolver import Resolver
+from ..net.counts import SharedConnectionCounts
+from ..net.listeners import INHERITED
+from ..net.tls import server_context
+from ..serve import run, start_listeners, stop_listeners, until_signalled
+from ..store import open_store
+from ..store.base import Store
+from ..store.models import Change
+from ..trust.hooks import install as install_trust
+from .link import Link, encode_changes
+from .supervisor import counts_path
+
+logger = log.get("workers")
+
+LOGIN_TIMEOUT = 60.0  # argon2 under load, the failure delay: seconds, not minutes
+
+
+class RemoteAuthenticator(Authenticator):
+    """Logins checked by the main process (see link.py)."""
+
+    def __init__(self, store: Store, link: Link) -> None:
+        super().__init__(store)
+        self.link = link
+        self._next = 0
+        self._waiting: dict[int, asyncio.Future[tuple[str | None, float]]] = {}
+        link.on_answer = self._answered
+
+    async def attempt(self, username: str, password: str, *, ip: str | None = None,
+                      protocol: str = "") -> LoginResult:
+        self._next += 1
+        rid = self._next
+        fut: asyncio.Future[tuple[str | None, float]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        self.link.send_login(rid, username, password, ip or "-", protocol.replace(" ", "_") or "-")
+        try:
+            address, retry_after = await asyncio.wait_for(fut, LOGIN_TIMEOUT)
+        except TimeoutError:
+            logger.warning("login for %r: no answer from the main process", username[:100])
+            return LoginResult(None, 1.0)
+        finally:
+            self._waiting.pop(rid, None)
+        account = self.store.find_account(address) if address else None
+        return LoginResult(account, retry_after)
+
+    def _answered(self, rid: int, address: str | None, retry_after: float) -> None:
+        fut = self._waiting.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result((address, retry_after))
+
+
+class Relay:
+    """This worker's changes to the main process; everyone else's to its subscribers."""
+
+    def __init__(self, store: Store, lost: asyncio.Event) -> None:
+        self.store = store
+        self.link = Link(self._from_main, lambda: None, lost.set)
+        self._pending: list[Change] = []
+        self._kick = False
+        self._scheduled = False
+        self._relaying = False
+        store.subscribe_changes(self._changed_here)
+
+    def _from_main(self, changes: list[Change]) -> None:
+        self._relaying = True
+        try:
+            self.store.announce_changes(changes)
+        finally:
+            self._relaying = False
+
+    def _changed_here(self, change: Change) -> None:
+        if not self._relaying:
+            self._pending.append(change)
+            self._schedule()
+
+    def kick(self) -> None:
+        self._kick = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        # One write per loop iteration for all the commits it settled.
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        data = encode_changes(self._pending) + (b"q\n" if self._kick else b"")
+        self._pending, self._kick = [], False
+        self.link.send(data)
+
+
+async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
+    store = await open_store(config)
+    try:
+        lost = asyncio.Event()
+        relay = Relay(store, lost)
+        auth = RemoteAuthenticator(store, relay.link)
+        ctx = Context(config=config, store=store, auth=auth, tls=server_context(config))
+        ctx.connections = SharedConnectionCounts(counts_path(config), slot, slots)
+        install_trust(ctx, Resolver(config.nameservers, trust_ad=config.dns_trust_ad))
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: relay.link, socket.socket(fileno=notice_fd))
+        ctx.on_queued = relay.kick
+        names = [n for n, (host, port) in config.listen.items() if (host, port) in INHERITED]
+        listeners = await start_listeners(ctx, names)
+        stop = asyncio.create_task(_until_signalled_or(lost))
+        await stop
+        if lost.is_set():
+            logger.warning("worker %d: the main process is gone; stopping", slot)
+        await stop_listeners(ctx, listeners)
+    finally:
+        await store.close()
+
+
+async def _until_signalled_or(lost: asyncio.Event) -> None:
+    signalled = asyncio.create_task(until_signalled())
+    gone = asyncio.create_task(lost.wait())
+    await asyncio.wait({signalled, gone}, return_when=asyncio.FIRST_COMPLETED)
+    for t in (signalled, gone):
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mailhouse-worker")
+    p.add_argument("--config")
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--slots", type=int, required=True)
+    p.add_argument("--notice-fd", type=int, required=True)
+    p.add_argument("--listen", action="append", default=[], help="NAME:FD")
+    a = p.parse_args(argv)
+    try:
+        config = load_config(a.config)
+    except ConfigError as e:
+        print(f"mailhouse worker: {e}", file=sys.stderr)
+        return 2
+    for item in a.listen:
+        name, _, fd = item.partition(":")
+        INHERITED[config.listen[name]] = socket.socket(fileno=int(fd))
+    run(config, lambda c: work(c, a.slot, a.slots, a.notice_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

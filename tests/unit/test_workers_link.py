@@ -1,0 +1,91 @@
+"""The worker notice link's lines, the shared connection counts, [server] workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailhouse.config import ConfigError, config_from_toml
+from mailhouse.net.counts import SharedConnectionCounts
+from mailhouse.store.models import Change
+from mailhouse.workers.link import Link, encode_changes
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _link(**kw: Any) -> tuple[Link, dict[str, list[Any]]]:
+    got: dict[str, list[Any]] = {"changes": [], "kicks": [], "lost": [], "logins": [], "answers": []}
+    link = Link(
+        got["changes"].extend, lambda: got["kicks"].append(1), lambda: got["lost"].append(1),
+        on_login=lambda *a: got["logins"].append(a), on_answer=lambda *a: got["answers"].append(a), **kw,
+    )
+    return link, got
+
+
+def test_changes_and_kicks_round_trip_in_pieces() -> None:
+    link, got = _link()
+    data = encode_changes([Change(1, 2, "exists"), Change(3, 4, "flags")]) + b"q\n"
+    for i in range(len(data)):  # one byte at a time: lines are reassembled
+        link.data_received(data[i : i + 1])
+    assert got["changes"] == [Change(1, 2, "exists"), Change(3, 4, "flags")]
+    assert got["kicks"] == [1]
+
+
+def test_bad_lines_are_dropped_not_fatal() -> None:
+    link, got = _link()
+    link.data_received(b"c 1 2 bogus\nc x 2 exists\nzzz\nc 5 6 expunge\n" + b"x" * 9000 + b"\nq\n")
+    assert got["changes"] == [Change(5, 6, "expunge")]
+    assert got["kicks"] == [1]
+
+
+def test_login_request_and_answer() -> None:
+    sender, _ = _link()
+    sender.transport = _Sent()  # type: ignore[assignment]
+    sender.send_login(7, "bob@hamburger.edu", "pä ss\nword", "192.0.2.1", "IMAP")
+    sender.send_answer(7, "bob@hamburger.edu", 0.0)
+    sender.send_answer(8, None, 12.5)
+    receiver, got = _link()
+    receiver.data_received(sender.transport.data)  # type: ignore[union-attr]
+    assert got["logins"] == [(7, "bob@hamburger.edu", "pä ss\nword", "192.0.2.1", "IMAP")]
+    assert got["answers"] == [(7, "bob@hamburger.edu", 0.0), (8, None, 12.5)]
+
+
+def test_shared_counts_add_up_across_slots(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "connections"
+    SharedConnectionCounts.create(path, 2)
+    a = SharedConnectionCounts(path, 0, 2)
+    b = SharedConnectionCounts(path, 1, 2)
+    a.add("192.0.2.1")
+    a.add("192.0.2.1")
+    b.add("192.0.2.1")
+    b.add("192.0.2.9")
+    assert (a.of("192.0.2.1"), b.of("192.0.2.1"), a.total(), b.total()) == (3, 3, 4, 4)
+    b.remove("192.0.2.1")
+    b.remove("192.0.2.1")  # not counted here any more: no effect
+    assert a.of("192.0.2.1") == 2
+    SharedConnectionCounts.clear_slot(path, 0)  # slot 0's process died
+    assert (b.of("192.0.2.1"), b.total()) == (0, 1)
+
+
+@pytest.mark.parametrize("value", [-1, 65, "many", True, 1.5])
+def test_workers_setting_is_checked(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        config_from_toml({"server": {"workers": value}}, tmp_path / "m.toml")
+
+
+def test_workers_auto_and_greylisting(tmp_path: Path) -> None:
+    assert config_from_toml({"server": {"workers": "auto"}}, tmp_path / "m.toml").workers >= 1
+    assert config_from_toml({}, tmp_path / "m.toml").workers == 0
+    with pytest.raises(ConfigError, match="greylisting"):
+        config_from_toml({"server": {"workers": 2}, "trust": {"greylisting": True}}, tmp_path / "m.toml")
