@@ -232,7 +232,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     _check_keys(server, {"workers"}, "[server]")
     workers = server.get("workers", 0)
     if workers == "auto":
-        workers = os.cpu_count() or 1
+        workers = min(len(os.sched_getaffinity(0)), 64)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
         raise ConfigError('server.workers: expected a number of processes from 0 to 64, or "auto"')
     cfg.workers = workers

@@ -6,18 +6,24 @@ a shared, file-backed memory map and reads the sum of all slabs. Each slab has
 one writer, so no lock is taken; two workers admitting the last allowed
 connection at the same instant may both let it in (the limit is exceeded by at
 most one per worker, for as long as those connections last).
+
+Addresses share buckets through a hash keyed with a secret made at start (in
+the file's header): a client cannot pick an address that lands in another
+one's bucket to fill that one's allowance.
 """
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
-import zlib
+import secrets
 from collections import Counter
 from pathlib import Path
 
 BUCKETS = 1 << 16  # addresses hash into these; a collision only makes a limit stricter
 _SLAB = 8 + 2 * BUCKETS  # total (uint64) + per-bucket counts (uint16)
+_HEADER = 16  # the hash key
 
 
 class ConnectionCounts:
@@ -43,10 +49,6 @@ class ConnectionCounts:
             self.local[ip] = n
 
 
-def _bucket(ip: str) -> int:
-    return zlib.crc32(ip.encode()) & (BUCKETS - 1)  # hash() differs between processes
-
-
 class SharedConnectionCounts(ConnectionCounts):
     def __init__(self, path: Path, slot: int, slots: int) -> None:
         super().__init__()
@@ -54,36 +56,48 @@ class SharedConnectionCounts(ConnectionCounts):
         self.slots = slots
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self._map = mmap.mmap(fd, _SLAB * slots)
+            self._map = mmap.mmap(fd, _HEADER + _SLAB * slots)
         finally:
             os.close(fd)
-        self._totals = [memoryview(self._map)[i * _SLAB : i * _SLAB + 8].cast("Q") for i in range(slots)]
-        self._buckets = [memoryview(self._map)[i * _SLAB + 8 : (i + 1) * _SLAB].cast("H") for i in range(slots)]
+        view = memoryview(self._map)
+        self._key = bytes(view[:_HEADER])
+        at = [_HEADER + i * _SLAB for i in range(slots)]
+        self._totals = [view[a : a + 8].cast("Q") for a in at]
+        self._buckets = [view[a + 8 : a + _SLAB].cast("H") for a in at]
+
+    def _bucket(self, ip: str) -> int:
+        # hash() differs between processes, and an unkeyed hash can be aimed
+        return int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=2, key=self._key).digest(), "little")
 
     @staticmethod
     def create(path: Path, slots: int) -> None:
         """The main process, before any worker starts: all counts zero."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.truncate(_SLAB * slots)
+        # A new file, not this one truncated: workers of a main process killed
+        # with SIGKILL may still have the old one mapped.
+        tmp = path.with_suffix(".new")
+        with open(tmp, "wb") as f:
+            f.write(secrets.token_bytes(_HEADER))
+            f.truncate(_HEADER + _SLAB * slots)
+        os.replace(tmp, path)
 
     @staticmethod
     def clear_slot(path: Path, slot: int) -> None:
         """A worker died: its connections died with it."""
         with open(path, "r+b") as f:
-            f.seek(slot * _SLAB)
+            f.seek(_HEADER + slot * _SLAB)
             f.write(bytes(_SLAB))
 
     def total(self) -> int:
         return sum(t[0] for t in self._totals)
 
     def of(self, ip: str) -> int:
-        b = _bucket(ip)
+        b = self._bucket(ip)
         return sum(s[b] for s in self._buckets)
 
     def add(self, ip: str) -> None:
         super().add(ip)
-        b = _bucket(ip)
+        b = self._bucket(ip)
         mine = self._buckets[self.slot]
         mine[b] = min(mine[b] + 1, 0xFFFF)
         self._totals[self.slot][0] += 1
@@ -92,7 +106,7 @@ class SharedConnectionCounts(ConnectionCounts):
         if ip not in self.local:
             return
         super().remove(ip)
-        b = _bucket(ip)
+        b = self._bucket(ip)
         mine = self._buckets[self.slot]
         if mine[b]:
             mine[b] -= 1

@@ -20,7 +20,7 @@ from typing import cast
 from .. import log
 from ..context import Context
 from ..imap.session import IMAPSession
-from . import is_loopback
+from . import is_loopback, peer_ip
 from .listeners import bind_args
 
 logger = log.get("imap")
@@ -72,8 +72,7 @@ class IMAPConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if peer else "unknown"
+        self.peer_ip = peer_ip(transport.get_extra_info("peername"))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -62,11 +62,12 @@ def bind_args(host: str, port: int) -> dict[str, Any]:
 
 def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     """The socket the main process binds for its workers. "" (all addresses)
-    is one dual-stack IPv6 socket where the system has IPv6."""
+    is one dual-stack IPv6 socket where the system has IPv6 (peer_ip shows
+    its IPv4 clients as IPv4)."""
     if not host:
         host = "::" if socket.has_ipv6 else "0.0.0.0"
     family, kind, proto, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:

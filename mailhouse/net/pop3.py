@@ -10,7 +10,7 @@ from .. import log
 from ..context import Context
 from ..pop3 import machine as pm
 from ..store.models import Folder
-from . import is_loopback
+from . import is_loopback, peer_ip
 from .listeners import bind_args
 
 logger = log.get("pop3")
@@ -49,8 +49,7 @@ class POP3Listener:
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if peer else "unknown"
+        ip = peer_ip(writer.get_extra_info("peername"))
         try:
             await POP3Session(self.ctx, self.name, reader, writer, ip).run()
         except (ConnectionError, OSError, asyncio.CancelledError):

@@ -20,6 +20,7 @@ from ..delivery.trace import TLSInfo
 from ..smtp import server as sm
 from ..smtp.grammar import format_reply
 from ..trust.hooks import allow_connection, may_send_as
+from . import peer_ip
 from .listeners import bind_args
 
 logger = log.get("smtpd")
@@ -98,8 +99,7 @@ class SMTPSession(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if peer else "unknown"
+        self.peer_ip = peer_ip(transport.get_extra_info("peername"))
         # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport
         # (and get_extra_info("socket") builds a socket object per connection).
         if self.implicit_tls:

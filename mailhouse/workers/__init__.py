@@ -15,7 +15,8 @@ worker's commits that change a folder reach every other process at once
 worker that queued mail wakes the queue manager. SMTP connection limits are
 counted in shared memory (net/counts.py). A worker that dies is restarted.
 
+Logins are checked by the main process (one lockout, one cache of successes).
 Kept per process, not shared: IMAP's \\Recent marks and per-address IMAP
-connection counts, login failure lockouts, per-user sending rates and the
-connection rate; greylisting is refused with workers (config.py).
+connection counts, per-user sending rates and the SMTP connection rate;
+greylisting is refused with workers (config.py).
 """

@@ -3,7 +3,7 @@
     c <account id> <folder id> <kind>    a commit changed that folder (a Change)
     q                                    mail was queued: wake the queue manager
     a <id> <user> <password> <ip> <protocol>    a login to check (worker to main;
-                                         user, password base64), answered by
+                                         user, password: "b" + base64), answered by
     A <id> <address or -> <retry after>  (main to worker)
 
 Logins are checked by the main process so that every protocol of every process
@@ -29,6 +29,9 @@ logger = log.get("workers")
 
 MAX_LINE = 8192  # a login line carries a user name and a password
 KINDS = frozenset({"exists", "flags", "expunge", "folders"})
+# Past this many bytes unsent (the other side stalls), change lines are dropped:
+# sessions there still see changes at their next poll. Login lines never are.
+MAX_BUFFERED = 1 << 20
 
 
 def encode_changes(changes: list[Change]) -> bytes:
@@ -71,11 +74,11 @@ class Link(asyncio.Protocol):
                 try:
                     changes.append(Change(int(parts[1]), int(parts[2]), parts[3].decode()))
                 except ValueError:
-                    logger.warning("notice link: bad line %r", line[:40])
+                    logger.warning("notice link: bad change line")
             elif parts and parts[0] in (b"a", b"A") and self._login_line(parts):
                 pass
-            elif line:
-                logger.warning("notice link: bad line %r", line[:40])
+            elif line:  # never the line itself: it may carry a password
+                logger.warning("notice link: bad line starting %r", parts[0][:8] if parts else b"")
         if changes:
             self.on_changes(changes)
         if kick:
@@ -84,8 +87,10 @@ class Link(asyncio.Protocol):
     def _login_line(self, parts: list[bytes]) -> bool:
         try:
             if parts[0] == b"a" and len(parts) == 6 and self.on_login is not None:
-                user = base64.b64decode(parts[2], validate=True).decode("utf-8", "surrogateescape")
-                password = base64.b64decode(parts[3], validate=True).decode("utf-8", "surrogateescape")
+                if not (parts[2].startswith(b"b") and parts[3].startswith(b"b")):
+                    return False
+                user = base64.b64decode(parts[2][1:], validate=True).decode("utf-8", "surrogateescape")
+                password = base64.b64decode(parts[3][1:], validate=True).decode("utf-8", "surrogateescape")
                 self.on_login(int(parts[1]), user, password, parts[4].decode(), parts[5].decode())
                 return True
             if parts[0] == b"A" and len(parts) == 4 and self.on_answer is not None:
@@ -97,8 +102,8 @@ class Link(asyncio.Protocol):
         return False
 
     def send_login(self, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
-        def b64(text: str) -> str:
-            return base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
+        def b64(text: str) -> str:  # "b" first: an empty field must still be a field
+            return "b" + base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
 
         self.send(f"a {request_id} {b64(user)} {b64(password)} {ip or '-'} {protocol or '-'}\n".encode())
 
@@ -114,6 +119,8 @@ class Link(asyncio.Protocol):
             self.transport.write(data)
 
     def send_changes(self, changes: list[Change]) -> None:
+        if self.transport is not None and self.transport.get_write_buffer_size() > MAX_BUFFERED:
+            return
         self.send(encode_changes(changes))
 
     def send_kick(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -57,6 +58,19 @@ class Workers:
         self._pending: list[tuple[int | None, Change]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._snapshot: Path | None = None
+
+    def snapshot_config(self) -> Path | None:
+        """The configuration text as the main process read it, for every worker
+        it will ever start (see worker.py)."""
+        if self.config.path is None:
+            return None
+        snap = counts_path(self.config).parent / "config.toml"
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        tmp = snap.with_suffix(".tmp")
+        tmp.write_bytes(self.config.path.read_bytes())
+        os.replace(tmp, snap)
+        return snap
 
     def bind(self) -> None:
         for name in self.names:
@@ -75,6 +89,7 @@ class Workers:
 
     async def start(self) -> None:
         SharedConnectionCounts.create(counts_path(self.config), self.config.workers)
+        self._snapshot = self.snapshot_config()
         self._unsubscribe = self.store.subscribe_changes(self._changed_here)
         for slot in range(self.config.workers):
             await self._spawn(slot)
@@ -87,6 +102,8 @@ class Workers:
         ]
         if self.config.path is not None:
             args += ["--config", str(self.config.path)]
+        if self._snapshot is not None:
+            args += ["--config-snapshot", str(self._snapshot)]
         args += [f"--listen={name}:{s.fileno()}" for name, s in self.sockets.items()]
         try:
             # A session of its own: a terminal's Ctrl-C reaches the main process,
@@ -131,12 +148,14 @@ class Workers:
                 w.link.send(data)
 
     def _login(self, slot: int, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
+        asker = self.workers.get(slot)
+        if asker is None:
+            return
+        link = asker.link  # the answer goes to the process that asked, even if it died meanwhile
+
         async def check() -> None:
             result = await self.auth.attempt(user, password, ip=None if ip == "-" else ip, protocol=protocol)
-            w = self.workers.get(slot)
-            if w is not None:
-                w.link.send_answer(request_id, result.account.address if result.account else None,
-                                   result.retry_after)
+            link.send_answer(request_id, result.account.address if result.account else None, result.retry_after)
 
         task = asyncio.get_running_loop().create_task(check())
         self._tasks.add(task)
@@ -151,12 +170,11 @@ class Workers:
 
     async def _restart(self, slot: int) -> None:
         w = self.workers[slot]
-        loop = asyncio.get_running_loop()
         try:
-            rc = await asyncio.wait_for(loop.run_in_executor(None, w.proc.wait), timeout=STOP_GRACE)
+            rc = await asyncio.wait_for(_exited(w.proc), timeout=STOP_GRACE)
         except TimeoutError:  # it closed its end but lives on: it is not serving
             w.proc.kill()
-            rc = await loop.run_in_executor(None, w.proc.wait)
+            rc = await _exited(w.proc)
         SharedConnectionCounts.clear_slot(counts_path(self.config), slot)
         if self.stopping:
             return
@@ -167,26 +185,34 @@ class Workers:
         how = f"signal {-rc}" if rc < 0 else f"status {rc}"
         logger.warning("worker %d (pid %d) exited with %s; restarting it in %.0f s", slot, w.proc.pid, how, delay)
         await asyncio.sleep(delay)
-        if not self.stopping:
-            await self._spawn(slot)
+        while not self.stopping:
+            try:
+                await self._spawn(slot)
+                return
+            except OSError as e:  # out of processes or descriptors: try again later
+                delay = min(max(delay * 2, 1.0), RESTART_DELAY_MAX)
+                logger.error("worker %d: cannot start: %s; trying again in %.0f s", slot, e, delay)
+                await asyncio.sleep(delay)
 
     async def stop(self) -> None:
         """SIGTERM to every worker: they stop accepting, finish their sessions and exit."""
         self.stopping = True
+        # The workers hold their own copies: closed here, a new connection is
+        # refused as soon as they stop accepting, not left in a backlog.
+        self.close_sockets()
         if self._unsubscribe is not None:
             self._unsubscribe()
         for w in self.workers.values():
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
 
         async def reap(w: _Worker) -> None:
             try:
-                await asyncio.wait_for(loop.run_in_executor(None, w.proc.wait), timeout=STOP_GRACE)
+                await asyncio.wait_for(_exited(w.proc), timeout=STOP_GRACE)
             except TimeoutError:
                 logger.warning("worker %d (pid %d) did not stop: killed", w.slot, w.proc.pid)
                 w.proc.kill()
-                await loop.run_in_executor(None, w.proc.wait)
+                await _exited(w.proc)
 
         await asyncio.gather(*(reap(w) for w in self.workers.values()))
         for task in list(self._tasks):
@@ -194,4 +220,28 @@ class Workers:
         for w in self.workers.values():
             if w.link.transport is not None:
                 w.link.transport.close()
-        self.close_sockets()
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> int:
+    """The exit status, waited for on the event loop (a pidfd), not in the
+    executor whose threads the logins' argon2 checks need."""
+    if proc.poll() is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):  # old kernel: a thread after all
+        return await loop.run_in_executor(None, proc.wait)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return proc.wait()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import socket
 import sys
+import tomllib
+from pathlib import Path
 
 from .. import log
 from ..auth.service import Authenticator, LoginResult
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, config_from_toml, load_config
 from ..context import Context
 from ..dns.resolver import Resolver
 from ..net.counts import SharedConnectionCounts
@@ -39,9 +42,17 @@ class RemoteAuthenticator(Authenticator):
     def __init__(self, store: Store, link: Link) -> None:
         super().__init__(store)
         self.link = link
-        self._next = 0
+        # Ids unique to this process's life: an answer meant for a worker that
+        # died in this slot can never settle a login of its successor.
+        self._next = secrets.randbits(48) << 16
         self._waiting: dict[int, asyncio.Future[tuple[str | None, float]]] = {}
         link.on_answer = self._answered
+
+    def fail_all(self) -> None:
+        """The main process is gone: nobody will answer."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_result((None, 1.0))
 
     async def attempt(self, username: str, password: str, *, ip: str | None = None,
                       protocol: str = "") -> LoginResult:
@@ -113,6 +124,12 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         lost = asyncio.Event()
         relay = Relay(store, lost)
         auth = RemoteAuthenticator(store, relay.link)
+
+        def main_gone() -> None:
+            lost.set()
+            auth.fail_all()
+
+        relay.link.on_lost = main_gone
         ctx = Context(config=config, store=store, auth=auth, tls=server_context(config))
         ctx.connections = SharedConnectionCounts(counts_path(config), slot, slots)
         install_trust(ctx, Resolver(config.nameservers, trust_ad=config.dns_trust_ad))
@@ -143,14 +160,21 @@ async def _until_signalled_or(lost: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mailhouse-worker")
     p.add_argument("--config")
+    p.add_argument("--config-snapshot", help="the configuration text the main process started with")
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--slots", type=int, required=True)
     p.add_argument("--notice-fd", type=int, required=True)
     p.add_argument("--listen", action="append", default=[], help="NAME:FD")
     a = p.parse_args(argv)
     try:
-        config = load_config(a.config)
-    except ConfigError as e:
+        if a.config_snapshot and a.config:
+            # What the main process read at its start, not the file as it is now:
+            # a worker restarted after an edit must not differ from the others.
+            doc = tomllib.loads(Path(a.config_snapshot).read_text(encoding="utf-8"))
+            config = config_from_toml(doc, Path(a.config))
+        else:
+            config = load_config(a.config)
+    except (ConfigError, OSError, tomllib.TOMLDecodeError) as e:
         print(f"mailhouse worker: {e}", file=sys.stderr)
         return 2
     for item in a.listen:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mailhouse.config import ConfigError, config_from_toml
+from mailhouse.net import peer_ip
 from mailhouse.net.counts import SharedConnectionCounts
 from mailhouse.store.models import Change
 from mailhouse.workers.link import Link, encode_changes
@@ -59,6 +60,23 @@ def test_login_request_and_answer() -> None:
     receiver.data_received(sender.transport.data)  # type: ignore[union-attr]
     assert got["logins"] == [(7, "bob@hamburger.edu", "pä ss\nword", "192.0.2.1", "IMAP")]
     assert got["answers"] == [(7, "bob@hamburger.edu", 0.0), (8, None, 12.5)]
+
+
+def test_empty_user_or_password_keeps_the_framing() -> None:
+    sender, _ = _link()
+    sender.transport = _Sent()  # type: ignore[assignment]
+    sender.send_login(1, "", "", "192.0.2.1", "POP3")
+    sender.send_login(2, "u", "", "-", "IMAP")
+    receiver, got = _link()
+    receiver.data_received(sender.transport.data)  # type: ignore[union-attr]
+    assert got["logins"] == [(1, "", "", "192.0.2.1", "POP3"), (2, "u", "", "-", "IMAP")]
+
+
+def test_ipv4_clients_of_a_dual_stack_socket_look_like_ipv4() -> None:
+    assert peer_ip(("::ffff:127.0.0.1", 25, 0, 0)) == "127.0.0.1"
+    assert peer_ip(("::1", 25, 0, 0)) == "::1"
+    assert peer_ip(("192.0.2.7", 25)) == "192.0.2.7"
+    assert peer_ip(None) == "unknown"
 
 
 def test_shared_counts_add_up_across_slots(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ class Engine:
     async def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_dir.mkdir(exist_ok=True)
-        self._lock_fd = os.open(self.data_dir / "mailhouse.db.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock_fd = os.open(self.data_dir / "mailhouse.db.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         conn = _connect(self.db_path)
         with self._write_lock():
             conn.execute("PRAGMA journal_mode = WAL")
