@@ -27,10 +27,20 @@ from typing import Any
 LISTENERS = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "http", "https")
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before by this process: the kernel may
+    offer a just-closed port again, and two listeners of one server (or two
+    servers of one test) must never be given the same one."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _toml_value(v: Any) -> str:

@@ -96,13 +96,14 @@ class MessageStore(Engine):
         return SpoolBlob(self.blob_dir)
 
     def _insert_blob(self, c: sqlite3.Connection, blob: SpoolBlob) -> int:
+        blob_id = _blob_ids(c, 1)
         if blob.spooled:
             assert blob.path is not None
             rel = str(blob.path.relative_to(self.blob_dir))
-            cur = c.execute("INSERT INTO blobs(size, data, path) VALUES (?, NULL, ?)", (blob.size, rel))
+            c.execute("INSERT INTO blobs(id, size, data, path) VALUES (?, ?, NULL, ?)", (blob_id, blob.size, rel))
         else:
-            cur = c.execute("INSERT INTO blobs(size, data) VALUES (?, ?)", (blob.size, blob.inline_bytes()))
-        return int(cur.lastrowid or 0)
+            c.execute("INSERT INTO blobs(id, size, data) VALUES (?, ?, ?)", (blob_id, blob.size, blob.inline_bytes()))
+        return blob_id
 
     @staticmethod
     def _insert_message(
@@ -162,9 +163,8 @@ class MessageStore(Engine):
         (the writer thread's Python per message is what contends for the GIL with
         the event loop)."""
         now = _now()
-        # Blob ids assigned here as SQLite would (max(rowid) + 1; the writer holds
-        # the write lock), so the message rows can name them without a round trip.
-        base = c.execute("SELECT max(id) FROM blobs").fetchone()[0] or 0
+        # Blob ids assigned here, so the message rows can name them without a round trip.
+        base = _blob_ids(c, len(items)) - 1
         blob_rows: list[tuple[int, int, bytes | None, str | None]] = []
         for n, (blob, _inc, _pj) in enumerate(items, base + 1):
             if blob.spooled:
@@ -307,3 +307,20 @@ def _target_folder(c: sqlite3.Connection, account_id: int, folder: str, address:
         if row is None:
             raise NotFound(f"account {address} no longer exists")
     return tuple(row)
+
+
+def _blob_ids(c: sqlite3.Connection, n: int) -> int:
+    """The first of n new blob ids, in the write transaction. Never one used
+    before: SQLite's max(rowid) + 1 would give a deleted blob's id to the next
+    body, and a reader that listed a message and then reads its body by id (an
+    IMAP FETCH, in two steps) could be handed another message's bytes. The
+    high-water mark in meta outlives deleted rows, as UIDVALIDITY's does."""
+    row = c.execute(
+        "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'blob_id'), 0), coalesce((SELECT max(id) FROM blobs), 0))"
+    ).fetchone()
+    first = int(row[0]) + 1
+    c.execute(
+        "INSERT INTO meta(key, value) VALUES ('blob_id', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (first + n - 1,),
+    )
+    return first

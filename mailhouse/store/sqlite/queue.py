@@ -25,14 +25,13 @@ class QueueStore(MessageStore):
     # Bodies read along with due entries (inline blobs only), by blob id: the queue
     # manager asks for each entry's body right after due_queue, and answering that
     # from here saves an executor hop per message. Consumed on use, dropped with its
-    # blob (ids are reused: see _blobs_dropped), kept only for entries with recipients
+    # blob (see _blobs_dropped), kept only for entries with recipients
     # pending, and bounded in bytes (a body never asked for must not pile up).
     _PREFETCH_MAX_BYTES = 64 * 1024 * 1024
     _prefetch: dict[int, bytes] | None = None
     _prefetch_bytes = 0
     # Moved (under _PREFETCH_LOCK) whenever blob rows are deleted: a read that began
-    # before such a commit may hold a body whose id is about to be reused, so it
-    # caches nothing.
+    # before such a commit may hold a body that is about to go, so it caches nothing.
     _prefetch_drops = 0
 
     def _queue_entries(
