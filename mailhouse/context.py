@@ -22,6 +22,9 @@ class Context:
     tls: ssl.SSLContext | None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     connections: ConnectionCounts = field(default_factory=ConnectionCounts)  # SMTP, per client IP
+    # IMAP's, per listener (see listener_counts); workers share theirs.
+    make_counts: Callable[[str], ConnectionCounts] = lambda name: ConnectionCounts()
+    _listener_counts: dict[str, ConnectionCounts] = field(default_factory=dict)
     on_queued: Callable[[], None] = lambda: None  # wakes the queue manager
     # Checks run on every complete message before commit, per listener
     # (trust checks on smtp, signing on submission); filled in by serve.
@@ -29,6 +32,12 @@ class Context:
 
     def message_hooks(self, listener: str) -> list[Any]:
         return self.hooks.get(listener, [])
+
+    def listener_counts(self, name: str) -> ConnectionCounts:
+        counts = self._listener_counts.get(name)
+        if counts is None:
+            counts = self._listener_counts[name] = self.make_counts(name)
+        return counts
 
     @property
     def total_connections(self) -> int:

@@ -40,6 +40,13 @@ class LoopThreadServer:
             ready.set()
             loop.run_forever()
             server.close()
+            # Sessions still open (a peer told to stall, a client that never quit)
+            # end here, not as "Task was destroyed but it is pending" at exit.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             with contextlib.suppress(Exception):
                 loop.run_until_complete(server.wait_closed())
             loop.close()

@@ -79,7 +79,7 @@ class IMAPConnection(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self.listener.ctx
         loopback = is_loopback(self.peer_ip)
-        if not loopback and self.listener.per_ip.get(self.peer_ip, 0) >= ctx.config.limits.max_connections_per_ip:
+        if not loopback and self.listener.counts.of(self.peer_ip) >= ctx.config.limits.max_connections_per_ip:
             self.transport.write(b"* BYE Too many connections from your address\r\n")
             self.transport.close()
             return
@@ -218,7 +218,7 @@ class IMAPListener:
         self.port = port
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[IMAPConnection] = set()
-        self.per_ip: dict[str, int] = {}
+        self.counts = ctx.listener_counts(name)  # per client address
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -234,16 +234,12 @@ class IMAPListener:
 
     def add(self, conn: IMAPConnection) -> None:
         self.connections.add(conn)
-        self.per_ip[conn.peer_ip] = self.per_ip.get(conn.peer_ip, 0) + 1
+        self.counts.add(conn.peer_ip)
 
     def remove(self, conn: IMAPConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            n = self.per_ip.get(conn.peer_ip, 1) - 1
-            if n <= 0:
-                self.per_ip.pop(conn.peer_ip, None)
-            else:
-                self.per_ip[conn.peer_ip] = n
+            self.counts.remove(conn.peer_ip)
 
     async def _sweep(self) -> None:
         """Autologout: one pass over every connection now and then, instead

@@ -31,8 +31,16 @@ STOP_GRACE = 20.0  # a worker drains its sessions (SMTP allows 10 s) before it i
 RESTART_DELAY_MAX = 30.0
 
 
-def counts_path(config: Config) -> Path:
-    return config.data_dir / "run" / "connections"
+# Listeners whose per-address counts the workers share (SMTP's: counts_path).
+COUNTED_LISTENERS = ("imap", "imaps")
+
+
+def counts_path(config: Config, listener: str | None = None) -> Path:
+    return config.data_dir / "run" / (f"{listener}-connections" if listener else "connections")
+
+
+def counted(config: Config) -> list[str | None]:
+    return [None, *(n for n in COUNTED_LISTENERS if n in config.listen)]
 
 
 @dataclass
@@ -88,7 +96,8 @@ class Workers:
         self.sockets.clear()
 
     async def start(self) -> None:
-        SharedConnectionCounts.create(counts_path(self.config), self.config.workers)
+        for listener in counted(self.config):
+            SharedConnectionCounts.create(counts_path(self.config, listener), self.config.workers)
         self._snapshot = self.snapshot_config()
         self._unsubscribe = self.store.subscribe_changes(self._changed_here)
         for slot in range(self.config.workers):
@@ -175,7 +184,8 @@ class Workers:
         except TimeoutError:  # it closed its end but lives on: it is not serving
             w.proc.kill()
             rc = await _exited(w.proc)
-        SharedConnectionCounts.clear_slot(counts_path(self.config), slot)
+        for listener in counted(self.config):
+            SharedConnectionCounts.clear_slot(counts_path(self.config, listener), slot)
         if self.stopping:
             return
         # A worker that dies at once would die again: wait longer each time.

@@ -132,6 +132,7 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         relay.link.on_lost = main_gone
         ctx = Context(config=config, store=store, auth=auth, tls=server_context(config))
         ctx.connections = SharedConnectionCounts(counts_path(config), slot, slots)
+        ctx.make_counts = lambda name: SharedConnectionCounts(counts_path(config, name), slot, slots)
         install_trust(ctx, Resolver(config.nameservers, trust_ad=config.dns_trust_ad))
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(lambda: relay.link, socket.socket(fileno=notice_fd))

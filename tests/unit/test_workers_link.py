@@ -9,7 +9,7 @@ import pytest
 
 from mailhouse.config import ConfigError, config_from_toml
 from mailhouse.net import peer_ip
-from mailhouse.net.counts import SharedConnectionCounts
+from mailhouse.net.counts import ConnectionCounts, SharedConnectionCounts
 from mailhouse.store.models import Change
 from mailhouse.workers.link import Link, encode_changes
 
@@ -107,3 +107,22 @@ def test_workers_auto_and_greylisting(tmp_path: Path) -> None:
     assert config_from_toml({}, tmp_path / "m.toml").workers == 0
     with pytest.raises(ConfigError, match="greylisting"):
         config_from_toml({"server": {"workers": 2}, "trust": {"greylisting": True}}, tmp_path / "m.toml")
+
+
+def test_imap_listeners_count_through_the_context_factory(tmp_path: Path) -> None:
+    """A worker's IMAP listeners count addresses in the shared files (one per
+    listener); without workers, each listener counts in its own process."""
+    from mailhouse.context import Context
+
+    path = tmp_path / "imap-connections"
+    SharedConnectionCounts.create(path, 2)
+    ctx = Context(config=None, store=None, auth=None, tls=None)  # type: ignore[arg-type]
+    assert type(ctx.listener_counts("imap")) is ConnectionCounts
+    a = Context(config=None, store=None, auth=None, tls=None)  # type: ignore[arg-type]
+    b = Context(config=None, store=None, auth=None, tls=None)  # type: ignore[arg-type]
+    a.make_counts = lambda name: SharedConnectionCounts(tmp_path / f"{name}-connections", 0, 2)
+    b.make_counts = lambda name: SharedConnectionCounts(tmp_path / f"{name}-connections", 1, 2)
+    a.listener_counts("imap").add("192.0.2.5")
+    b.listener_counts("imap").add("192.0.2.5")
+    assert a.listener_counts("imap") is a.listener_counts("imap")
+    assert b.listener_counts("imap").of("192.0.2.5") == 2
