@@ -22,6 +22,15 @@ data_dir = "mailhouse-data"
 smtp        = "127.0.0.1:2525"    # MX: mail for local domains; no relaying
 submission  = "127.0.0.1:2587"    # STARTTLS, then AUTH; authenticated users may relay
 submissions = "127.0.0.1:2465"    # the same with implicit TLS
+imap        = "127.0.0.1:2143"    # STARTTLS (loopback clients may log in without it)
+imaps       = "127.0.0.1:2993"
+pop3        = "127.0.0.1:2110"
+pop3s       = "127.0.0.1:2995"
+http        = "127.0.0.1:8025"    # webmail and the HTTP API
+https       = "127.0.0.1:8443"
+
+[server]
+workers = 0                       # "auto": SMTP, IMAP and POP3 served by one process per core
 
 [storage]
 url = "sqlite"
@@ -60,7 +69,13 @@ async def cmd_quickstart(config: Config, args: argparse.Namespace) -> None:
     print(f"  username:          {address}")
     print(f"  outgoing (SMTP):   {smtp[0]} port {smtp[1]}, STARTTLS, password authentication")
     print(f"                     or {smtps[0]} port {smtps[1]}, SSL/TLS")
-    print(f"  incoming MX:       {cfg.listen['smtp'][0]} port {cfg.listen['smtp'][1]}")
+    imap, imaps = cfg.listen["imap"], cfg.listen["imaps"]
+    pop3, pop3s = cfg.listen["pop3"], cfg.listen["pop3s"]
+    http = cfg.listen["http"]
+    print(f"  incoming (IMAP):   {imap[0]} port {imap[1]}, STARTTLS, or {imaps[0]} port {imaps[1]}, SSL/TLS")
+    print(f"  incoming (POP3):   {pop3[0]} port {pop3[1]}, STARTTLS, or {pop3s[0]} port {pop3s[1]}, SSL/TLS")
+    print(f"  webmail:           http://{http[0]}:{http[1]}/")
+    print(f"  MX (other servers' mail to {domain}): {cfg.listen['smtp'][0]} port {cfg.listen['smtp'][1]}")
     print("  the certificate is self-signed: accept it once in the client.")
     print()
     print(f"Start the server with: mailhouse{' -c ' + str(path) if args.config else ''} serve")

@@ -12,11 +12,11 @@ The main process keeps what must be one: the queue manager and the HTTP
 listeners. It relays notices over a socket pair per worker (link.py): a
 worker's commits that change a folder reach every other process at once
 (an IDLE session elsewhere hears of a delivery as if it were local), and a
-worker that queued mail wakes the queue manager. SMTP connection limits are
-counted in shared memory (net/counts.py). A worker that dies is restarted.
+worker that queued mail wakes the queue manager. SMTP's and IMAP's connection
+limits are counted in shared memory (net/counts.py). A worker that dies is
+restarted.
 
 Logins are checked by the main process (one lockout, one cache of successes).
-Kept per process, not shared: IMAP's \\Recent marks and per-address IMAP
-connection counts, per-user sending rates and the SMTP connection rate;
-greylisting is refused with workers (config.py).
+Kept per process, not shared: IMAP's \\Recent marks, per-user sending rates
+and the SMTP connection rate; greylisting is refused with workers (config.py).
 """

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.world import MailServer
+from tests.integration.conftest import wait_for
+from tests.world import MailServer, free_port
 
 
 def run(cwd: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,6 +89,49 @@ def test_quickstart(tmp_path: Path) -> None:
     assert [u["address"] for u in users] == ["you@example.test"]
     r = run(tmp_path, "quickstart", "you@example.test")
     assert r.returncode == 1 and "exists" in r.stderr
+
+
+def test_quickstart_config_serves_every_protocol(tmp_path: Path) -> None:
+    """What quickstart writes is a whole server: mail can be read over IMAP,
+    POP3 and the webmail with the password it prints (on free ports here)."""
+    import imaplib
+    import poplib
+    import re
+    import urllib.request
+
+    r = run(tmp_path, "quickstart", "you@example.test")
+    assert r.returncode == 0, r.stderr
+    password = re.search(r"password: (\S+)", r.stdout)
+    assert password is not None
+    assert "2143" in r.stdout and "2110" in r.stdout and "http://127.0.0.1:8025/" in r.stdout
+    path = tmp_path / "mailhouse.toml"
+    cfg = path.read_text()
+    ports: dict[str, int] = {}
+    for name in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https"):
+        assert re.search(rf"^{name} +=", cfg, re.M), name
+        ports[name] = free_port()
+        cfg = re.sub(rf'^({name} += "127\.0\.0\.1:)\d+"', rf"\g<1>{ports[name]}" + '"', cfg, flags=re.M)
+    path.write_text(cfg)
+    e = dict(os.environ)
+    e.pop("MAILHOUSE_CONFIG", None)
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mailhouse", "serve"], cwd=tmp_path, env=e,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "mailhouse ready" in (tmp_path / "serve.log").read_text(), msg="serve ready")
+        imap = imaplib.IMAP4("127.0.0.1", ports["imap"])
+        imap.login("you@example.test", password.group(1))
+        assert imap.select("INBOX")[0] == "OK"
+        imap.logout()
+        pop = poplib.POP3("127.0.0.1", ports["pop3"])
+        pop.user("you@example.test")
+        pop.pass_(password.group(1))
+        pop.quit()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/", timeout=10) as page:
+            assert page.status == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()
 
 
 def test_mbox_and_maildir_round_trip(srv: MailServer, tmp_path: Path) -> None:
