@@ -43,7 +43,7 @@ class _Formatter(logging.Formatter):
             self._second = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         msg = record.msg % record.args if record.args else str(record.msg)
-        text = f"{self._prefix}.{int(record.msecs):03d}Z {record.name.replace('.', '/')}: {msg}"
+        text = f"{self._prefix}.{int(record.msecs):03d}Z {record.name.replace('.', '/')}{_tag}: {msg}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -97,16 +97,47 @@ class _BatchingHandler(logging.Handler):
 
     def _write(self) -> None:
         if self._pending:
-            data, self._pending = "".join(self._pending), []
+            lines, self._pending = self._pending, []
             try:
-                self.stream.write(data)
-                self.stream.flush()
+                for data in _chunks(lines) if _tag else ["".join(lines)]:
+                    self.stream.write(data)
+                    self.stream.flush()
             except (OSError, ValueError):
                 pass
 
     def flush(self) -> None:
         with self._lock_:
             self._write()
+
+
+# "[w0]" after the program name in a worker process's lines (mailhouse/smtpd[w0]: ...),
+# as Postfix names the process that logged; "" in the main process.
+_tag = ""
+# Processes sharing a pipe (workers on the main process's stderr): a write of
+# at most this many bytes is never interleaved with another's (PIPE_BUF).
+_ATOMIC_WRITE = 4096
+
+
+def tag_process(tag: str) -> None:
+    global _tag
+    _tag = f"[{tag}]"
+
+
+def _chunks(lines: list[str]) -> list[str]:
+    """Whole lines, grouped into writes of at most _ATOMIC_WRITE bytes where possible."""
+    out: list[str] = []
+    group: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line.encode("utf-8", "surrogateescape"))
+        if group and size + n > _ATOMIC_WRITE:
+            out.append("".join(group))
+            group, size = [], 0
+        group.append(line)
+        size += n
+    if group:
+        out.append("".join(group))
+    return out
 
 
 _root = logging.getLogger("mailhouse")
@@ -137,7 +168,7 @@ class _Logger(logging.Logger):
                 text = None
             fmt = h.formatter
             if text is not None and isinstance(fmt, _Formatter):
-                h.emit_line(f"{fmt.stamp(time.time())} {self._mh_name}: {text}\n")
+                h.emit_line(f"{fmt.stamp(time.time())} {self._mh_name}{_tag}: {text}\n")
                 return
         super().info(msg, *args, **kwargs)
 

@@ -119,6 +119,7 @@ class Relay:
 
 
 async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
+    log.tag_process(f"w{slot}")
     store = await open_store(config)
     try:
         lost = asyncio.Event()

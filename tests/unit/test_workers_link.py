@@ -126,3 +126,24 @@ def test_imap_listeners_count_through_the_context_factory(tmp_path: Path) -> Non
     b.listener_counts("imap").add("192.0.2.5")
     assert a.listener_counts("imap") is a.listener_counts("imap")
     assert b.listener_counts("imap").of("192.0.2.5") == 2
+
+
+def test_worker_log_lines_are_tagged_and_written_in_atomic_chunks() -> None:
+    from mailhouse import log
+
+    lines = [f"2026-11-29T06:00:00.000Z mailhouse/smtpd: line {i} {'x' * 100}\n" for i in range(100)]
+    chunks = log._chunks(lines)
+    assert "".join(chunks) == "".join(lines)
+    assert all(len(c.encode()) <= log._ATOMIC_WRITE and c.endswith("\n") for c in chunks)
+    assert len(chunks) > 1
+    assert log._chunks(["y" * 5000 + "\n"]) == ["y" * 5000 + "\n"]  # a long line stays whole
+    old = log._tag
+    try:
+        log.tag_process("w1")
+        formatter = log._Formatter()
+        import logging
+
+        record = logging.LogRecord("mailhouse.smtpd", logging.INFO, __file__, 1, "connect from [%s]", ("1.2.3.4",), None)
+        assert " mailhouse/smtpd[w1]: connect from [1.2.3.4]" in formatter.format(record)
+    finally:
+        log._tag = old
