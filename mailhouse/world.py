@@ -86,6 +86,11 @@ class MailServer:
             # With no zone every sender check could only fail (4.4.3): trust this machine.
             extra.setdefault("trust", {"trusted_networks": ["127.0.0.0/8", "::1/128"]})
         extra.setdefault("dns", {"nameservers": ["127.0.0.1:9"]})
+        # MAILHOUSE_TEST_WORKERS=N runs every server of a test run with N worker
+        # processes (greylisting excepted: it is refused with workers).
+        workers = os.environ.get("MAILHOUSE_TEST_WORKERS")
+        if workers and "server" not in extra and not extra.get("trust", {}).get("greylisting"):
+            extra["server"] = {"workers": int(workers)}
         for table, values in extra.items():
             lines.append(f"[{table}]")
             lines += [f"{_toml_value(k) if not k.isidentifier() else k} = {_toml_value(v)}" for k, v in values.items()]

@@ -30,7 +30,7 @@ http        = "127.0.0.1:8025"    # webmail and the HTTP API
 https       = "127.0.0.1:8443"
 
 [server]
-workers = 0                       # "auto": SMTP, IMAP and POP3 served by one process per core
+workers = "auto"                  # SMTP, IMAP and POP3 in one process per core; 0: all in this one
 
 [storage]
 url = "sqlite"
