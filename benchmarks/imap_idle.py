@@ -39,6 +39,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.imap_bench import DOMAIN, PASSWORD, Client, seed_store, server_rss  # noqa: E402
+from benchmarks.postfix_peer import _descendants  # noqa: E402
+
+
+def tree_rss(pid: int) -> int:
+    """serve's resident memory and its workers' (with --workers the sessions
+    live in the workers; what they share is counted in each, and cancels out
+    of the per-connection difference)."""
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            total += server_rss(p)
+        except OSError:  # gone meanwhile
+            pass
+    return total
 from mailhouse.world import MailServer  # noqa: E402
 
 ACCOUNTS = 10
@@ -81,7 +95,7 @@ async def run(srv: MailServer, count: int, tls: bool, parallel: int) -> int:
         await c.cmd("LOGOUT")
         c.close()
     await asyncio.sleep(1.0)
-    before = server_rss(pid)
+    before = tree_rss(pid)
     clients: dict[int, Client] = {}
     sem = asyncio.Semaphore(parallel)
     t0 = time.perf_counter()
@@ -93,7 +107,7 @@ async def run(srv: MailServer, count: int, tls: bool, parallel: int) -> int:
     await asyncio.gather(*(one(k) for k in range(count)))
     opened = time.perf_counter() - t0
     await asyncio.sleep(2.0)
-    after = server_rss(pid)
+    after = tree_rss(pid)
     per = (after - before) / count
     print(
         f"{count} idle IDLE connections{' (TLS)' if tls else ''} opened in {opened:.1f} s: server RSS "
@@ -133,6 +147,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--tls", action="store_true", help="connect with implicit TLS (imaps)")
     ap.add_argument("--parallel", type=int, default=50, help="connections being set up at once")
+    ap.add_argument("--workers", type=int, default=0, help="[server] workers = N for mailhouse (default 0)")
     args = ap.parse_args()
     limit = raise_nofile(2 * args.count + 200)
     if limit < args.count + 100:
@@ -141,7 +156,10 @@ def main() -> None:
     os.chmod(root, 0o755)
     srv = MailServer(
         root, DOMAIN, listeners=("imap", "imaps", "smtp"),
-        extra={"limits": {"max_connections": args.count + 1000, "max_connections_per_ip": args.count + 1000}},
+        extra={
+            "limits": {"max_connections": args.count + 1000, "max_connections_per_ip": args.count + 1000},
+            **({"server": {"workers": args.workers}} if args.workers else {}),
+        },
     )
     try:
         asyncio.run(seed_store(srv.data_dir, ACCOUNTS, 5))
