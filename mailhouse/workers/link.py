@@ -122,6 +122,3 @@ class Link(asyncio.Protocol):
         if self.transport is not None and self.transport.get_write_buffer_size() > MAX_BUFFERED:
             return
         self.send(encode_changes(changes))
-
-    def send_kick(self) -> None:
-        self.send(b"q\n")

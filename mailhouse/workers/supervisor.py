@@ -21,7 +21,7 @@ from ..net.counts import SharedConnectionCounts
 from ..net.listeners import listening_socket
 from ..store.base import Store
 from ..store.models import Change
-from .link import Link, encode_changes
+from .link import Link
 
 logger = log.get("workers")
 
@@ -152,9 +152,9 @@ class Workers:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         for w in self.workers.values():
-            data = encode_changes([c for src, c in pending if src != w.slot])
-            if data:
-                w.link.send(data)
+            changes = [c for src, c in pending if src != w.slot]
+            if changes:
+                w.link.send_changes(changes)
 
     def _login(self, slot: int, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
         asker = self.workers.get(slot)
