@@ -429,9 +429,12 @@ class MailhouseSender:
     name = "mailhouse"
 
     def __init__(
-        self, workdir: Path, cmd: list[str], sink: Sink, start_timeout: float, concurrency: int = 20
+        self, workdir: Path, cmd: list[str], sink: Sink, start_timeout: float, concurrency: int = 20,
+        workers: int = 0,
     ) -> None:
-        self.dir = workdir / "mailhouse"
+        self.workers = workers
+        self.name = f"mailhouse-w{workers}" if workers else "mailhouse"
+        self.dir = workdir / self.name
         self.concurrency = concurrency
         self.cmd = cmd
         self.sink = sink
@@ -446,6 +449,7 @@ class MailhouseSender:
         self.description = (
             f"mailhouse ({shlex.join(cmd)}), submission on {HOST}:{self.port}, "
             f"connections_per_destination = {concurrency}"
+            + (f", [server] workers = {workers}" if workers else "")
         )
 
     def _write_config(self, route_port: int) -> None:
@@ -471,6 +475,8 @@ class MailhouseSender:
             "messages_per_hour = 0\nmessages_per_day = 0\nrecipients_per_hour = 0\nrecipients_per_day = 0\n"
             "\n[dns]\n"
             f'nameservers = ["{HOST}:{self.dns_port}"]\n'
+            # Workers split the queue and the connection limits between them.
+            + (f"\n[server]\nworkers = {self.workers}\n" if self.workers else "")
         )
 
     def _env(self) -> dict[str, str]:
@@ -808,6 +814,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mailhouse-cmd", help="command that starts mailhouse (default: `mailhouse` on PATH,"
                    " else `python -m mailhouse` from this tree)")
     p.add_argument("--start-timeout", type=float, default=60.0, help="seconds for mailhouse to greet")
+    p.add_argument("--mailhouse-workers", default="0", metavar="N,M",
+                   help="run the mailhouse target once per value of [server] workers (0: one process;"
+                   " N: N workers drain the queue, a share each), labelled mailhouse / mailhouse-wN"
+                   " (default: %(default)s)")
     p.add_argument("--postfix-set", action="append", default=[], metavar="NAME=VALUE",
                    help="extra main.cf setting for the Postfix target (repeatable)")
     p.add_argument("--no-uvloop", action="store_true", help="stock asyncio for the injector")
@@ -815,6 +825,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, queues)")
     a = p.parse_args(argv)
     a.targets = [t for t in a.targets.split(",") if t]
+    try:
+        a.mailhouse_workers = [int(x) for x in a.mailhouse_workers.split(",") if x.strip()]
+    except ValueError:
+        p.error("--mailhouse-workers wants numbers, e.g. 0,2")
+    if not a.mailhouse_workers or not all(0 <= n <= 16 for n in a.mailhouse_workers):
+        p.error("--mailhouse-workers: 0..16")
     for t in a.targets:
         if t not in ("mailhouse", "postfix"):
             p.error(f"unknown target {t!r}")
@@ -876,8 +892,17 @@ def main(argv: list[str] | None = None) -> int:
                         raise BenchError("Postfix not installed, or not root")
                     target = PostfixSender(workdir, sink, a.postfix_set, a.destination_concurrency)
                 else:
-                    target = MailhouseSender(workdir, mailhouse_command(a.mailhouse_cmd), sink,
-                                             a.start_timeout, a.destination_concurrency)
+                    for n in a.mailhouse_workers:
+                        target = MailhouseSender(workdir, mailhouse_command(a.mailhouse_cmd), sink,
+                                                 a.start_timeout, a.destination_concurrency, n)
+                        try:
+                            results.append(run_target(target, sink, a.count, a.rcpts_per_message, a.sessions,
+                                                      a.size, use_uvloop, a.phase_timeout))
+                        finally:
+                            with _block_signals():
+                                target.stop()
+                            target = None
+                    continue
                 results.append(run_target(target, sink, a.count, a.rcpts_per_message, a.sessions,
                                           a.size, use_uvloop, a.phase_timeout))
             except (BenchError, OSError, TimeoutError, subprocess.SubprocessError) as e:
@@ -903,17 +928,22 @@ def main(argv: list[str] | None = None) -> int:
     by = {r.target: r for r in results}
     ratio: dict[str, float] = {}
     text = "\n" + table(results) + "\n\n"
-    if "mailhouse" in by and "postfix" in by and by["postfix"].drain_msgs_per_s:
-        mh, pf = by["mailhouse"], by["postfix"]
-        ratio["drain"] = round(mh.drain_msgs_per_s / pf.drain_msgs_per_s, 2)
-        if pf.end_to_end_msgs_per_s:
-            ratio["end_to_end"] = round(mh.end_to_end_msgs_per_s / pf.end_to_end_msgs_per_s, 2)
-        text += (
-            f"mailhouse / Postfix drain: {ratio['drain']:.2f}x "
-            f"[{'ok' if ratio['drain'] >= 2 else 'below'} goal >= 2x]"
-            + (f";  end to end (release -> last at the sink): {ratio['end_to_end']:.2f}x" if "end_to_end" in ratio else "")
-            + "\n"
-        )
+    mh_names = [r.target for r in results if r.target.startswith("mailhouse")]
+    if mh_names and "postfix" in by and by["postfix"].drain_msgs_per_s:
+        pf = by["postfix"]
+        for name in mh_names:
+            mh = by[name]
+            # The first mailhouse variant keeps the plain keys (as before --mailhouse-workers).
+            key = "" if name == mh_names[0] else f"{name}_"
+            d = ratio[f"{key}drain"] = round(mh.drain_msgs_per_s / pf.drain_msgs_per_s, 2)
+            e = None
+            if pf.end_to_end_msgs_per_s:
+                e = ratio[f"{key}end_to_end"] = round(mh.end_to_end_msgs_per_s / pf.end_to_end_msgs_per_s, 2)
+            text += (
+                f"{name} / Postfix drain: {d:.2f}x [{'ok' if d >= 2 else 'below'} goal >= 2x]"
+                + (f";  end to end (release -> last at the sink): {e:.2f}x" if e is not None else "")
+                + "\n"
+            )
     else:
         text += "(no ratio: mailhouse and Postfix were not both measured)\n"
     text += "".join(f"skipped {k}: {v.splitlines()[0] if v else ''}\n" for k, v in skipped.items())

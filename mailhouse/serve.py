@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,6 +21,7 @@ from .net.tls import server_context
 from .queue.manager import QueueManager
 from .queue.routing import Router
 from .store import open_store
+from .store.base import Store
 from .trust.hooks import install as install_trust
 from .trust.tlspolicy import outbound_tls
 from .workers.supervisor import Workers
@@ -74,6 +76,34 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
+def share_of(total: int, part: tuple[int, int] | None) -> int:
+    """A worker's share of a limit set for the whole server (at least one)."""
+    if part is None:
+        return total
+    k, n = part
+    return max(1, total // n + (1 if k < total % n else 0))
+
+
+def outbound(
+    config: Config, store: Store, resolver: Resolver, part: tuple[int, int] | None = None
+) -> tuple[QueueManager, SMTPDeliverer]:
+    """The queue manager and its SMTP client. With part=(k, n) they drain the k-th
+    of n shares of the queue, within that share of the connection limits: n
+    processes together keep to the configured ones."""
+    settings = config.queue
+    if part is not None:
+        settings = dataclasses.replace(
+            settings,
+            connections_per_destination=share_of(settings.connections_per_destination, part),
+            max_connections=share_of(settings.max_connections, part),
+        )
+    deliverer = SMTPDeliverer(config.hostname, settings, config.tls_policy, tls=outbound_tls(config, resolver))
+    router = Router(resolver, config.routes, settings.smtp_port)
+    queue = QueueManager(store, router, deliverer, settings, config.hostname,
+                         max_parallel=settings.max_connections, part=part)
+    return queue, deliverer
+
+
 async def serve(config: Config) -> None:
     check_listeners(config)
     store = await open_store(config)
@@ -82,13 +112,16 @@ async def serve(config: Config) -> None:
         ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
         install_trust(ctx, resolver)
-        deliverer = SMTPDeliverer(config.hostname, config.queue, config.tls_policy,
-                                  tls=outbound_tls(config, resolver))
-        router = Router(resolver, config.routes, config.queue.smtp_port)
-        queue = QueueManager(store, router, deliverer, config.queue, config.hostname,
-                             max_parallel=config.queue.max_connections)
-        ctx.on_queued = queue.kick
-        workers = Workers(config, store, queue.kick, ctx.auth) if config.workers else None
+        # With workers, they drain the queue (a share each) and this process only
+        # wakes them; without, the queue is drained here.
+        workers = Workers(config, store, ctx.auth) if config.workers else None
+        queue: QueueManager | None = None
+        deliverer: SMTPDeliverer | None = None
+        if workers is None:
+            queue, deliverer = outbound(config, store, resolver)
+            ctx.on_queued = queue.kick
+        else:
+            ctx.on_queued = workers.kick_all
         names = [n for n in LISTENER_NAMES if n in config.listen]
         if workers is not None:
             workers.bind()
@@ -99,17 +132,19 @@ async def serve(config: Config) -> None:
             if workers is not None:
                 workers.close_sockets()
             raise
-        queue_task = asyncio.get_running_loop().create_task(queue.run())
+        queue_task = asyncio.get_running_loop().create_task(queue.run()) if queue is not None else None
         if workers is not None:
             await workers.start()
         logger.info("mailhouse ready: hostname=%s data_dir=%s", config.hostname, config.data_dir)
         await until_signalled()
         logger.info("shutting down: no new connections; finishing sessions in flight")
-        await stop_listeners(ctx, listeners, queue.stop(), *([workers.stop()] if workers is not None else []))
-        queue_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await queue_task
-        await deliverer.close()
+        await stop_listeners(ctx, listeners, *(x.stop() for x in (queue, workers) if x is not None))
+        if queue_task is not None:
+            queue_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await queue_task
+        if deliverer is not None:
+            await deliverer.close()
     finally:
         await store.close()
     logger.info("stopped")

@@ -99,6 +99,7 @@ class QueueManager:
         hostname: str,
         *,
         max_parallel: int = 100,
+        part: tuple[int, int] | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -106,6 +107,9 @@ class QueueManager:
         self.settings = settings
         self.hostname = hostname
         self.max_parallel = max_parallel
+        # (k, n): this manager drains the k-th of n shares of the queue (one per
+        # worker process, see mailhouse.workers); None: all of it.
+        self.part = part
         self._low_water = max(1, max_parallel // 4)  # refill when this many slots are free
         self.in_flight: set[str] = set()
         self._wake = asyncio.Event()
@@ -136,7 +140,7 @@ class QueueManager:
             if free > 0 and (self._kicked or (more and free >= low_water) or not self.in_flight):
                 fetched, self._kicked = True, False
                 try:
-                    due = await self.store.due_queue(time.time(), free, set(self.in_flight))
+                    due = await self.store.due_queue(time.time(), free, set(self.in_flight), self.part)
                 except Exception:
                     logger.exception("cannot read the queue")
                 more = len(due) == free
@@ -149,7 +153,7 @@ class QueueManager:
                 # Nothing more due now: sleep until the next entry is (or the poll).
                 next_due = time.time() + POLL_INTERVAL
                 with contextlib.suppress(Exception):
-                    nxt = await self.store.next_queue_time()
+                    nxt = await self.store.next_queue_time(self.part)
                     if nxt is not None:
                         next_due = min(next_due, nxt)
             elif fetched:

@@ -290,12 +290,17 @@ class Store(abc.ABC):
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
 
     @abc.abstractmethod
-    async def due_queue(self, now: float, limit: int, exclude: set[str]) -> list[QueueEntry]:
-        """Entries whose next attempt is due and that are not held, oldest first."""
+    async def due_queue(
+        self, now: float, limit: int, exclude: set[str], part: tuple[int, int] | None = None
+    ) -> list[QueueEntry]:
+        """Entries whose next attempt is due and that are not held, oldest first.
+
+        part=(k, n): only the k-th of n disjoint shares of the queue (each worker
+        process drains its own); every entry is in exactly one share for a given n."""
 
     @abc.abstractmethod
-    async def next_queue_time(self) -> float | None:
-        """When the earliest non-held entry is due; None for an empty queue."""
+    async def next_queue_time(self, part: tuple[int, int] | None = None) -> float | None:
+        """When the earliest non-held entry (of that share) is due; None for none."""
 
     @abc.abstractmethod
     async def blob_source(self, blob_id: int) -> bytes | str:

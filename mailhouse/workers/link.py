@@ -1,7 +1,8 @@
 """The notices between the main process and one worker: one line each.
 
     c <account id> <folder id> <kind>    a commit changed that folder (a Change)
-    q                                    mail was queued: wake the queue manager
+    q                                    mail was queued: wake the queue managers
+                                         (worker to main; main to the other workers)
     a <id> <user> <password> <ip> <protocol>    a login to check (worker to main;
                                          user, password: "b" + base64), answered by
     A <id> <address or -> <retry after>  (main to worker)

@@ -25,7 +25,8 @@ from .link import Link
 
 logger = log.get("workers")
 
-# The listeners workers serve; http(s) stays in the main process with the queue.
+# The listeners workers serve; http(s) stays in the main process. The workers also
+# drain the queue, each its share (serve.outbound).
 WORKER_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 STOP_GRACE = 20.0  # a worker drains its sessions (SMTP allows 10 s) before it is killed
 RESTART_DELAY_MAX = 30.0
@@ -52,10 +53,9 @@ class _Worker:
 
 
 class Workers:
-    def __init__(self, config: Config, store: Store, kick: Callable[[], None], auth: Authenticator) -> None:
+    def __init__(self, config: Config, store: Store, auth: Authenticator) -> None:
         self.config = config
         self.store = store
-        self.kick = kick
         self.auth = auth
         self.names = [n for n in WORKER_LISTENERS if n in config.listen]
         self.sockets: dict[str, socket.socket] = {}
@@ -126,7 +126,7 @@ class Workers:
         loop = asyncio.get_running_loop()
         _, link = await loop.connect_accepted_socket(
             lambda: Link(
-                lambda changes: self._from_worker(slot, changes), self.kick, lambda: self._lost(slot),
+                lambda changes: self._from_worker(slot, changes), lambda: self._kicked(slot), lambda: self._lost(slot),
                 on_login=lambda *req: self._login(slot, *req),
             ),
             parent,
@@ -155,6 +155,17 @@ class Workers:
             changes = [c for src, c in pending if src != w.slot]
             if changes:
                 w.link.send_changes(changes)
+
+    def _kicked(self, slot: int) -> None:
+        """A worker queued mail: every other worker's queue manager may own it."""
+        for w in self.workers.values():
+            if w.slot != slot:
+                w.link.send(b"q\n")
+
+    def kick_all(self) -> None:
+        """Mail was queued here (the web's sending, a DSN): the workers drain the queue."""
+        for w in self.workers.values():
+            w.link.send(b"q\n")
 
     def _login(self, slot: int, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
         asker = self.workers.get(slot)

@@ -1,7 +1,8 @@
 """A worker process: ``python -m mailhouse.workers.worker``, started by serve.
 
 It serves the listeners whose sockets it inherits, with its own store
-connection, and keeps the main process told of its changes through the link.
+connection, drains its share of the queue (slot k of n: serve.outbound), and
+keeps the main process told of its changes through the link.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..dns.resolver import Resolver
 from ..net.counts import SharedConnectionCounts
 from ..net.listeners import INHERITED
 from ..net.tls import server_context
-from ..serve import run, start_listeners, stop_listeners, until_signalled
+from ..serve import outbound, run, start_listeners, stop_listeners, until_signalled
 from ..store import open_store
 from ..store.base import Store
 from ..store.models import Change
@@ -134,17 +135,30 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         ctx = Context(config=config, store=store, auth=auth, tls=server_context(config))
         ctx.connections = SharedConnectionCounts(counts_path(config), slot, slots)
         ctx.make_counts = lambda name: SharedConnectionCounts(counts_path(config, name), slot, slots)
-        install_trust(ctx, Resolver(config.nameservers, trust_ad=config.dns_trust_ad))
+        resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
+        install_trust(ctx, resolver)
+        queue, deliverer = outbound(config, store, resolver, part=(slot, slots))
+        relay.link.on_kick = queue.kick  # another process queued mail
+
+        def queued() -> None:  # here: this share may hold it, another may
+            queue.kick()
+            relay.kick()
+
+        ctx.on_queued = queued
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(lambda: relay.link, socket.socket(fileno=notice_fd))
-        ctx.on_queued = relay.kick
         names = [n for n, (host, port) in config.listen.items() if (host, port) in INHERITED]
         listeners = await start_listeners(ctx, names)
+        queue_task = loop.create_task(queue.run())
         stop = asyncio.create_task(_until_signalled_or(lost))
         await stop
         if lost.is_set():
             logger.warning("worker %d: the main process is gone; stopping", slot)
-        await stop_listeners(ctx, listeners)
+        await stop_listeners(ctx, listeners, queue.stop())
+        queue_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await queue_task
+        await deliverer.close()
     finally:
         await store.close()
 

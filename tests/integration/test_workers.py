@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import poplib
+import re
 import signal
 import smtplib
 import socket
@@ -456,6 +457,27 @@ def test_submission_kicks_the_main_process_queue(srv: MailServer, peer: FaultyPe
         got = peer.messages[-1]
         assert got.recipients == [f"far{i}@peer.test"] and f"Subject: kick {i}".encode() in got.data
     assert max(latencies) < KICK_WITHIN, latencies
+    wait_for(lambda: queue(srv) == [], interval=0.2)
+
+
+def test_the_workers_share_the_queue(srv: MailServer, peer: FaultyPeer) -> None:
+    """Each worker drains its share of the queue: a batch of outbound mail leaves
+    through both (the log names the process of each delivery), once each."""
+    before = len(peer.messages)
+    rcpts = [f"share{i}@peer.test" for i in range(8)]
+    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as c:
+        c.starttls(context=tls_context())
+        c.login(ALICE, ALICE_PW)
+        for r in rcpts:
+            c.sendmail(ALICE, [r], f"From: {ALICE}\r\nTo: {r}\r\nSubject: share\r\n\r\nout\r\n".encode())
+    wait_for(lambda: len(peer.messages) >= before + len(rcpts), timeout=10, interval=0.05, msg="the peer receiving 8")
+    got = [r for m in peer.messages[before:] for r in m.recipients]
+    assert sorted(got) == sorted(rcpts)  # each once
+    senders = {
+        m.group(1)
+        for m in re.finditer(r"mailhouse/queue\[(w\d+)\]: \w+: to=<share\d@peer\.test>.*status=sent", srv.log())
+    }
+    assert senders == {f"w{k}" for k in range(WORKERS)}, senders
     wait_for(lambda: queue(srv) == [], interval=0.2)
 
 

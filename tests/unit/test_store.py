@@ -314,3 +314,21 @@ async def test_blob_ids_are_never_reused_after_an_expunge(store: SQLiteStore) ->
     blob.write(b"Subject: three\r\n\r\nthird\r\n")
     await store.deliver(blob, incoming("Q3", acc.id, acc.address))  # the batched path
     assert last_blob() > second
+
+
+async def test_queue_shares_are_disjoint_and_cover_the_queue(store: SQLiteStore) -> None:
+    """Each worker drains due_queue(part=(k, n)): every entry in exactly one share."""
+    for i in range(7):
+        b = store.new_blob()
+        b.write(f"Subject: {i}\r\n\r\nbody\r\n".encode())
+        await store.deliver(b, incoming(f"QS{i}", 0, "", remote=[f"r{i}@far.test"]))
+    everything = {e.id for e in await store.due_queue(1e12, 100, set())}
+    assert len(everything) == 7
+    shares = [{e.id for e in await store.due_queue(1e12, 100, set(), (k, 3))} for k in range(3)]
+    assert all(shares) and sum(len(s) for s in shares) == 7 and set().union(*shares) == everything
+    # The limit and the exclusions apply within the share.
+    assert len(await store.due_queue(1e12, 1, set(), (0, 3))) == 1
+    first = sorted(shares[0])[0]
+    assert first not in {e.id for e in await store.due_queue(1e12, 100, {first}, (0, 3))}
+    assert await store.next_queue_time((1, 3)) is not None
+    assert await store.due_queue(0.0, 100, set(), (0, 3)) == []

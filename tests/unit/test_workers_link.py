@@ -147,3 +147,12 @@ def test_worker_log_lines_are_tagged_and_written_in_atomic_chunks() -> None:
         assert " mailhouse/smtpd[w1]: connect from [1.2.3.4]" in formatter.format(record)
     finally:
         log._tag = old
+
+
+def test_a_share_of_a_limit_adds_up_and_is_never_zero() -> None:
+    from mailhouse.serve import share_of
+
+    assert share_of(20, None) == 20
+    assert [share_of(20, (k, 2)) for k in range(2)] == [10, 10]
+    assert [share_of(7, (k, 3)) for k in range(3)] == [3, 2, 2]
+    assert [share_of(1, (k, 4)) for k in range(4)] == [1, 1, 1, 1]  # at least one connection each

@@ -115,13 +115,17 @@ class QueueStore(MessageStore):
         found = await self._read(lambda c: self._queue_entries(c, "WHERE q.id = ?", (queue_id,)))
         return found[0] if found else None
 
-    async def due_queue(self, now: float, limit: int, exclude: set[str]) -> list[QueueEntry]:
+    async def due_queue(
+        self, now: float, limit: int, exclude: set[str], part: tuple[int, int] | None = None
+    ) -> list[QueueEntry]:
+        share, args = _share(part)
+
         def fn(c: sqlite3.Connection) -> list[QueueEntry]:
             ids = [
                 r[0]
                 for r in c.execute(
-                    "SELECT id FROM queue WHERE held = 0 AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
-                    (now, limit + len(exclude)),
+                    f"SELECT id FROM queue WHERE held = 0 AND next_attempt <= ?{share} ORDER BY next_attempt LIMIT ?",
+                    (now, *args, limit + len(exclude)),
                 )
                 if r[0] not in exclude
             ][:limit]
@@ -138,8 +142,11 @@ class QueueStore(MessageStore):
 
         return await self._read(fn)
 
-    async def next_queue_time(self) -> float | None:
-        row = await self._read(lambda c: c.execute("SELECT min(next_attempt) FROM queue WHERE held = 0").fetchone())
+    async def next_queue_time(self, part: tuple[int, int] | None = None) -> float | None:
+        share, args = _share(part)
+        row = await self._read(
+            lambda c: c.execute(f"SELECT min(next_attempt) FROM queue WHERE held = 0{share}", args).fetchone()
+        )
         return float(row[0]) if row and row[0] is not None else None
 
     async def blob_source(self, blob_id: int) -> bytes | str:
@@ -282,3 +289,13 @@ class QueueStore(MessageStore):
 
         await self._write(fn)
 
+
+
+def _share(part: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
+    """The SQL condition for one share of the queue: by rowid, which the index on
+    next_attempt carries (no table lookup), and which spreads consecutive entries
+    over the shares. Rowids stay put (mailhouse never runs VACUUM, which may
+    renumber them), so an entry in flight never moves to another share."""
+    if part is None or part[1] <= 1:
+        return "", ()
+    return " AND rowid % ? = ?", (part[1], part[0])
