@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from mailhouse.store.base import NotFound, StoreError
-from mailhouse.store.models import Incoming, LocalTarget, RemoteTarget
+from mailhouse.store.models import (
+    AttemptOutcome,
+    Incoming,
+    LocalTarget,
+    RecipientUpdate,
+    RemoteTarget,
+)
 from mailhouse.store.sqlite import INLINE_MAX, SQLiteStore
 
 
@@ -332,3 +338,51 @@ async def test_queue_shares_are_disjoint_and_cover_the_queue(store: SQLiteStore)
     assert first not in {e.id for e in await store.due_queue(1e12, 100, {first}, (0, 3))}
     assert await store.next_queue_time((1, 3)) is not None
     assert await store.due_queue(0.0, 100, set(), (0, 3)) == []
+
+
+async def test_attempts_finished_together_keep_each_outcome(store: SQLiteStore) -> None:
+    """Attempts settled in one commit (set-wise statements): each entry kept or
+    removed by its own recipients, journeys in order, a vanished entry fails alone."""
+    for qid, rcpts in (("FA", ["a@far.test"]), ("FB", ["b1@far.test", "b2@far.test"]),
+                       ("FC", ["c@far.test"]), ("FD", ["d@far.test"])):
+        b = store.new_blob()
+        b.write(f"Subject: {qid}\r\n\r\nbody\r\n".encode())
+        await store.deliver(b, incoming(qid, 0, "", remote=rcpts))
+    entries = {e.id: e for e in await store.due_queue(1e12, 10, set())}
+    await store.delete_queue_entry("FC")  # by the administrator, while "in flight"
+
+    def outcome(qid: str, states: list[str]) -> AttemptOutcome:
+        rs = entries[qid].recipients
+        return AttemptOutcome(
+            [RecipientUpdate(r.id, s, f"{s} reply") for r, s in zip(rs, states, strict=True)],
+            next_attempt=5000.0, last_error="4.0.0 later" if "deferred" in states else None,
+            events=[("attempt", {"n": qid})],
+        )
+
+    commits = store.commits
+    results = await asyncio.gather(
+        store.finish_attempt("FA", outcome("FA", ["delivered"]), []),
+        store.finish_attempt("FB", outcome("FB", ["delivered", "deferred"]), []),
+        store.finish_attempt("FD", outcome("FD", ["failed"]), []),
+    )
+    assert results == [True, False, True] and store.commits == commits + 1  # one group, one commit
+    # A group with a vanished entry is run again job by job: only that one fails.
+    b = store.new_blob()
+    b.write(b"Subject: FE\r\n\r\nbody\r\n")
+    await store.deliver(b, incoming("FE", 0, "", remote=["e@far.test"]))
+    (fe,) = [e for e in await store.due_queue(1e12, 10, set()) if e.id == "FE"]
+    entries["FE"] = fe
+    again = await asyncio.gather(
+        store.finish_attempt("FC", outcome("FC", ["delivered"]), []),
+        store.finish_attempt("FE", outcome("FE", ["delivered"]), []),
+        return_exceptions=True,
+    )
+    assert isinstance(again[0], NotFound) and again[1] is True
+    (left,) = await store.list_queue()
+    assert left.id == "FB" and left.attempts == 1 and left.next_attempt == 5000.0
+    assert left.last_error == "4.0.0 later"
+    assert [(r.state, r.last_reply) for r in left.recipients] == [
+        ("delivered", "delivered reply"), ("deferred", "deferred reply")]
+    assert [e.kind for e in await store.journey("FA")][-2:] == ["attempt", "removed"]
+    assert [e.kind for e in await store.journey("FB")][-1] == "attempt"
+    assert "removed" not in [e.kind for e in await store.journey("FB")]

@@ -75,6 +75,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = FULL")
+    # Debian's SQLite is built with SECURE_DELETE on: a deleted row's content is
+    # zeroed even in pages freed whole, which are then written (WAL and database)
+    # for nothing but the zeroing. FAST zeroes only within pages written anyway;
+    # a freed page keeps old bytes until reused, as a file that Postfix or
+    # Dovecot unlinks keeps its blocks.
+    conn.execute("PRAGMA secure_delete = FAST")
     return conn
 
 
@@ -195,8 +201,8 @@ class Engine:
                     break
                 batch += jobs
             with self._write_lock():
-                results, orphans = self._run_batch(conn, batch)
-            if orphans:
+                results, orphans, dropped = self._run_batch(conn, batch)
+            if dropped:
                 self._blobs_dropped([blob_id for blob_id, _ in orphans])
             self._unlink_pending += [path for _, path in orphans if path]
             # A body file goes only once the commit that dropped its row is durable:
@@ -214,9 +220,10 @@ class Engine:
         conn.close()
 
     def _blobs_dropped(self, blob_ids: list[int]) -> None:
-        """On the writer thread, once the commit that deleted these blob rows is
-        done and before its callers are woken: their ids may be given to new
-        blobs, so whatever is kept by id must go (see QueueStore)."""
+        """On the writer thread, once a commit that deleted blob rows is done and
+        before its callers are woken: whatever is kept of them must go (see
+        QueueStore). blob_ids lists those kept in files; bodies kept inline are
+        dropped without naming them (their ids are never given out again)."""
 
     def _unlink(self, paths: list[str]) -> None:
         for path in paths:
@@ -225,9 +232,11 @@ class Engine:
 
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[_Job]
-    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[int, str | None]]]:
+    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[int, str | None]], bool]:
         """All jobs in one transaction; if one fails, each again in its own, so a
-        failing job sinks only itself (cheaper than a savepoint per job)."""
+        failing job sinks only itself (cheaper than a savepoint per job).
+        Returns the results, the (id, path) of dropped body files, and whether
+        any blob row was dropped."""
         try:
             # WAL with synchronous=NORMAL commits without fsync; the frames become
             # durable at the next FULL commit (which fsyncs the whole WAL) or the
@@ -253,21 +262,25 @@ class Engine:
                 else:
                     results.append((j, j.fn(conn), None))
                 i = k
+            # Inline bodies by count, not RETURNING: a returned row is a statement
+            # step, and each step gives the GIL up and waits to win it back.
+            dropped = conn.execute("DELETE FROM blobs WHERE refs <= 0 AND path IS NULL").rowcount > 0
             orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING id, path").fetchall()
             conn.execute("COMMIT")
             self.commits += 1
-            return results, orphans
+            return results, orphans, dropped or bool(orphans)
         except BaseException as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if len(batch) == 1:
-                return [(batch[0], None, e)], []
-        results, orphans = [], []
+                return [(batch[0], None, e)], [], False
+        results, orphans, dropped = [], [], False
         for j in batch:
-            r, o = self._run_batch(conn, [j])
+            r, o, d = self._run_batch(conn, [j])
             results += r
             orphans += o
-        return results, orphans
+            dropped = dropped or d
+        return results, orphans, dropped
 
     @staticmethod
     def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:

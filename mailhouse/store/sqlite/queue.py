@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from ..base import BlobWriter, NotFound
 from ..models import (
@@ -18,15 +19,16 @@ from .engine import _now
 from .messages import _PARSE_JSON, MessageStore
 
 _PREFETCH_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 class QueueStore(MessageStore):
     # ------------------------------------------------------------------ queue, journey
     # Bodies read along with due entries (inline blobs only), by blob id: the queue
     # manager asks for each entry's body right after due_queue, and answering that
-    # from here saves an executor hop per message. Consumed on use, dropped with its
-    # blob (see _blobs_dropped), kept only for entries with recipients
-    # pending, and bounded in bytes (a body never asked for must not pile up).
+    # from here saves an executor hop per message. Consumed on use, kept only for
+    # entries with recipients pending, and bounded in bytes (a body never asked
+    # for must not pile up: see _blobs_dropped).
     _PREFETCH_MAX_BYTES = 64 * 1024 * 1024
     _prefetch: dict[int, bytes] | None = None
     _prefetch_bytes = 0
@@ -92,15 +94,12 @@ class QueueStore(MessageStore):
         return out
 
     def _blobs_dropped(self, blob_ids: list[int]) -> None:
-        # On the writer thread (see Engine): these ids may come back for new blobs.
+        # On the writer thread (see Engine). Blob ids are never given out again
+        # (MessageStore._blob_ids), so a body left here for a dropped blob can
+        # never be served for another one: it only takes room, which is bounded
+        # (the cache is emptied when full). Reads under way skip the cache.
         with _PREFETCH_LOCK:
             self._prefetch_drops += 1
-            cache = self._prefetch
-            if cache:
-                for blob_id in blob_ids:
-                    data = cache.pop(blob_id, None)
-                    if data is not None:
-                        self._prefetch_bytes -= len(data)
 
     def _prefetched(self) -> dict[int, bytes]:
         cache = self._prefetch
@@ -213,36 +212,34 @@ class QueueStore(MessageStore):
                 return await self._write(fn, directory=False)
             # The common case joins the other attempts finished meanwhile: one
             # executemany per table for the whole group commit (see _finish_many).
-            return await self._write(fn, directory=False, many=self._finish_many, item=(queue_id, outcome, now))
+            encoded = [(kind, json.dumps(data)) for kind, data in outcome.events]
+            return await self._write(fn, directory=False, many=self._finish_many,
+                                     item=(queue_id, outcome, now, encoded))
         finally:
             for blob, _, _ in prepared:
                 blob.close_file()
 
-    def _finish_many(self, c: sqlite3.Connection, items: list[tuple[str, AttemptOutcome, float]]) -> list[bool]:
+    def _finish_many(
+        self, c: sqlite3.Connection, items: list[tuple[str, AttemptOutcome, float, list[tuple[str, str]]]]
+    ) -> list[bool]:
         """finish_attempt's fn for a group of attempts without notices: the same
-        changes, a statement per table instead of a few per attempt. Raises if any
+        changes in a few set-wise statements for the whole group, whatever its size.
+        This runs on the writer thread holding the store's write lock, and every
+        statement step lets go of the GIL and must win it back from the busy event
+        loop: so few steps, and the JSON already encoded by the caller. Raises if any
         entry is gone, so that the writer runs each alone (NotFound for that one)."""
-        ids = [qid for qid, _, _ in items]
-        mids: dict[str, str | None] = {}
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            mids.update(
-                c.execute(f"SELECT id, message_id FROM queue WHERE id IN ({','.join('?' * len(part))})", part)
+        ids = [item[0] for item in items]
+        ups = [(u.recipient_id, qid, u.state, u.reply, now) for qid, o, now, _ in items for u in o.updates]
+        for up in _chunks(ups, 200):
+            c.execute(
+                # (id, queue id, state, reply, time): a VALUES table's columns are column1...
+                "UPDATE queue_recipients SET state = u.column3, last_reply = u.column4, updated = u.column5 "
+                f"FROM (VALUES {_rows(5, len(up))}) AS u "
+                "WHERE queue_recipients.id = u.column1 AND queue_recipients.queue_id = u.column2",
+                [x for row in up for x in row],
             )
-        if len(mids) != len(items):
-            raise NotFound("a queued message is gone (or listed twice): finish one by one")
-        c.executemany(
-            "UPDATE queue SET next_attempt = ?, attempts = attempts + ?, last_error = ?, "
-            "warned = warned OR ? WHERE id = ?",
-            [(o.next_attempt, int(o.count_attempt), o.last_error, int(o.warned), qid) for qid, o, _ in items],
-        )
-        c.executemany(
-            "UPDATE queue_recipients SET state = ?, last_reply = ?, updated = ? WHERE id = ? AND queue_id = ?",
-            [(u.state, u.reply, now, u.recipient_id, qid) for qid, o, now in items for u in o.updates],
-        )
         left: set[str] = set()
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
+        for part in _chunks(ids, 500):
             left.update(
                 r[0]
                 for r in c.execute(
@@ -251,12 +248,34 @@ class QueueStore(MessageStore):
                     part,
                 )
             )
+        # The journey first, while every entry still has its row (and message id).
+        events = [(qid, now, kind, data) for qid, _, now, evs in items for kind, data in evs]
+        events += [(qid, now, "removed", _REMOVED) for qid, _, now, _ in items if qid not in left]
+        for ev in _chunks([(i, *e) for i, e in enumerate(events)], 200):
+            c.execute(
+                # (order, queue id, time, kind, data)
+                "INSERT INTO journey(queue_id, message_id, time, kind, data) "
+                "SELECT v.column2, q.message_id, v.column3, v.column4, v.column5 "
+                f"FROM (VALUES {_rows(5, len(ev))}) AS v JOIN queue q ON q.id = v.column2 ORDER BY v.column1",
+                [x for row in ev for x in row],
+            )
+        found = 0
+        kept = [(qid, o.next_attempt, int(o.count_attempt), o.last_error, int(o.warned))
+                for qid, o, _, _ in items if qid in left]
+        for kp in _chunks(kept, 200):
+            found += c.execute(
+                # (id, next attempt, attempts added, last error, warned). Not a WITH
+                # statement: sqlite3 gives a rowcount only to those starting UPDATE etc.
+                "UPDATE queue SET next_attempt = v.column2, attempts = attempts + v.column3, "
+                "last_error = v.column4, warned = warned OR v.column5 "
+                f"FROM (VALUES {_rows(5, len(kp))}) AS v WHERE queue.id = v.column1",
+                [x for row in kp for x in row],
+            ).rowcount
         done = [qid for qid in ids if qid not in left]
-        c.executemany("DELETE FROM queue WHERE id = ?", [(qid,) for qid in done])
-        removed = json.dumps({"reason": "no recipient left pending"})
-        rows = [(qid, mids[qid], now, kind, json.dumps(data)) for qid, o, now in items for kind, data in o.events]
-        rows += [(qid, mids[qid], now, "removed", removed) for qid, _, now in items if qid not in left]
-        c.executemany("INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)", rows)
+        for gone in _chunks(done, 500):
+            found += c.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(gone))})", gone).rowcount
+        if found != len(items):
+            raise NotFound("a queued message is gone (or listed twice): finish one by one")
         return [qid not in left for qid in ids]
 
     async def update_queue_entry(
@@ -289,6 +308,19 @@ class QueueStore(MessageStore):
 
         await self._write(fn)
 
+
+
+_REMOVED = json.dumps({"reason": "no recipient left pending"})
+
+
+def _rows(width: int, n: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return ",".join([row] * n)
+
+
+def _chunks(seq: list[T], size: int) -> Iterator[list[T]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
 
 
 def _share(part: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
