@@ -34,7 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -352,6 +352,25 @@ class Engine:
             raise StoreError("store is not open")
         with self._reader_lock:
             return fn(self._reader)
+
+
+def values_rows(width: int, n: int) -> str:
+    """The placeholders of a VALUES list of n rows of width columns."""
+    row = "(" + ",".join("?" * width) + ")"
+    return ",".join([row] * n)
+
+
+def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def insert_rows(c: sqlite3.Connection, head: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+    """INSERT of many rows as a few multi-row statements rather than executemany:
+    sqlite3 steps a statement once per parameter set, and on the writer thread
+    every step lets go of the GIL and must win it back from the busy event loop."""
+    for part in chunks(rows, 200):  # far below SQLite's bound on parameters
+        c.execute(f"{head} VALUES {values_rows(width, len(part))}", [x for row in part for x in row])
 
 
 def _settle_futures(outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:

@@ -21,7 +21,7 @@ from ..models import (
     flags_to_bits,
 )
 from .blobs import SpoolBlob
-from .engine import Engine, _folder_name, _now
+from .engine import Engine, _folder_name, _now, insert_rows
 
 # The cached parse as stored: json.dumps(parse, separators=(",", ":")) builds an
 # encoder per call; one made once, without the cycle check (a parse is a tree of
@@ -172,7 +172,7 @@ class MessageStore(Engine):
                 blob_rows.append((n, blob.size, None, str(blob.path.relative_to(self.blob_dir))))
             else:
                 blob_rows.append((n, blob.size, blob.inline_bytes(), None))
-        c.executemany("INSERT INTO blobs(id, size, data, path) VALUES (?,?,?,?)", blob_rows)
+        insert_rows(c, "INSERT INTO blobs(id, size, data, path)", 4, blob_rows)
         # (account_id, folder) -> [folder id, next uid, modseq, name], shared by the
         # names that lead to the same folder (a missing one falls back to INBOX).
         folders: dict[tuple[int, str], list[Any]] = {}
@@ -210,12 +210,14 @@ class MessageStore(Engine):
             "UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?",
             [(f[1], f[2], f[0]) for f in by_id.values()],
         )
-        c.executemany(
+        insert_rows(
+            c,
             "INSERT INTO messages(folder_id, uid, blob_id, internal_date, size, flags, keywords, modseq, "
-            "queue_id, message_id, parse, internal_tz) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "queue_id, message_id, parse, internal_tz)",
+            12,
             message_rows,
         )
-        c.executemany("INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)", journey_rows)
+        insert_rows(c, "INSERT INTO journey(queue_id, message_id, time, kind, data)", 5, journey_rows)
         return out
 
     async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from ..base import BlobWriter, NotFound
 from ..models import (
@@ -15,11 +14,10 @@ from ..models import (
     QueueEntry,
     QueueRecipient,
 )
-from .engine import _now
+from .engine import _now, chunks, values_rows
 from .messages import _PARSE_JSON, MessageStore
 
 _PREFETCH_LOCK = threading.Lock()
-T = TypeVar("T")
 
 
 class QueueStore(MessageStore):
@@ -230,16 +228,16 @@ class QueueStore(MessageStore):
         entry is gone, so that the writer runs each alone (NotFound for that one)."""
         ids = [item[0] for item in items]
         ups = [(u.recipient_id, qid, u.state, u.reply, now) for qid, o, now, _ in items for u in o.updates]
-        for up in _chunks(ups, 200):
+        for up in chunks(ups, 200):
             c.execute(
                 # (id, queue id, state, reply, time): a VALUES table's columns are column1...
                 "UPDATE queue_recipients SET state = u.column3, last_reply = u.column4, updated = u.column5 "
-                f"FROM (VALUES {_rows(5, len(up))}) AS u "
+                f"FROM (VALUES {values_rows(5, len(up))}) AS u "
                 "WHERE queue_recipients.id = u.column1 AND queue_recipients.queue_id = u.column2",
                 [x for row in up for x in row],
             )
         left: set[str] = set()
-        for part in _chunks(ids, 500):
+        for part in chunks(ids, 500):
             left.update(
                 r[0]
                 for r in c.execute(
@@ -251,28 +249,28 @@ class QueueStore(MessageStore):
         # The journey first, while every entry still has its row (and message id).
         events = [(qid, now, kind, data) for qid, _, now, evs in items for kind, data in evs]
         events += [(qid, now, "removed", _REMOVED) for qid, _, now, _ in items if qid not in left]
-        for ev in _chunks([(i, *e) for i, e in enumerate(events)], 200):
+        for ev in chunks([(i, *e) for i, e in enumerate(events)], 200):
             c.execute(
                 # (order, queue id, time, kind, data)
                 "INSERT INTO journey(queue_id, message_id, time, kind, data) "
                 "SELECT v.column2, q.message_id, v.column3, v.column4, v.column5 "
-                f"FROM (VALUES {_rows(5, len(ev))}) AS v JOIN queue q ON q.id = v.column2 ORDER BY v.column1",
+                f"FROM (VALUES {values_rows(5, len(ev))}) AS v JOIN queue q ON q.id = v.column2 ORDER BY v.column1",
                 [x for row in ev for x in row],
             )
         found = 0
         kept = [(qid, o.next_attempt, int(o.count_attempt), o.last_error, int(o.warned))
                 for qid, o, _, _ in items if qid in left]
-        for kp in _chunks(kept, 200):
+        for kp in chunks(kept, 200):
             found += c.execute(
                 # (id, next attempt, attempts added, last error, warned). Not a WITH
                 # statement: sqlite3 gives a rowcount only to those starting UPDATE etc.
                 "UPDATE queue SET next_attempt = v.column2, attempts = attempts + v.column3, "
                 "last_error = v.column4, warned = warned OR v.column5 "
-                f"FROM (VALUES {_rows(5, len(kp))}) AS v WHERE queue.id = v.column1",
+                f"FROM (VALUES {values_rows(5, len(kp))}) AS v WHERE queue.id = v.column1",
                 [x for row in kp for x in row],
             ).rowcount
         done = [qid for qid in ids if qid not in left]
-        for gone in _chunks(done, 500):
+        for gone in chunks(done, 500):
             found += c.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(gone))})", gone).rowcount
         if found != len(items):
             raise NotFound("a queued message is gone (or listed twice): finish one by one")
@@ -311,16 +309,6 @@ class QueueStore(MessageStore):
 
 
 _REMOVED = json.dumps({"reason": "no recipient left pending"})
-
-
-def _rows(width: int, n: int) -> str:
-    row = "(" + ",".join("?" * width) + ")"
-    return ",".join([row] * n)
-
-
-def _chunks(seq: list[T], size: int) -> Iterator[list[T]]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
 
 
 def _share(part: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
