@@ -109,6 +109,9 @@ class QueueSettings:
     reply_timeout: float | None = None  # caps RFC 5321 §4.5.3.2's per-phase waits (5/10 min)
     smtp_port: int = 25  # the port of MX hosts; a test world on one machine changes it
     idle_timeout: float = 5.0  # an idle outbound connection is kept this long for the next message
+    # How often the queue managers look at the store for changes no one told them
+    # of (the CLI tells a running serve through its control socket).
+    poll_interval: float = 1.0
 
 
 TLS_POLICIES = ("opportunistic", "require", "verify")
@@ -248,7 +251,7 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
     _check_keys(
         q,
         {"retry_interval", "max_lifetime", "delay_warning", "connections_per_destination", "max_connections",
-         "connect_timeout", "reply_timeout", "smtp_port", "idle_timeout"},
+         "connect_timeout", "reply_timeout", "smtp_port", "idle_timeout", "poll_interval"},
         "[queue]",
     )
     qs = QueueSettings(
@@ -257,7 +260,10 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
         delay_warning=parse_duration(q.get("delay_warning", "4h"), "queue.delay_warning"),
         connect_timeout=parse_duration(q.get("connect_timeout", "30s"), "queue.connect_timeout"),
         idle_timeout=parse_duration(q.get("idle_timeout", "5s"), "queue.idle_timeout"),
+        poll_interval=parse_duration(q.get("poll_interval", "1s"), "queue.poll_interval"),
     )
+    if qs.poll_interval < 0.1:  # below, an idle server would spin on the store
+        raise ConfigError("queue.poll_interval: at least 100ms")
     if "reply_timeout" in q:
         qs.reply_timeout = parse_duration(q["reply_timeout"], "queue.reply_timeout")
     for k in ("connections_per_destination", "max_connections", "smtp_port"):

@@ -14,6 +14,7 @@ from . import log
 from .auth.service import Authenticator
 from .config import LISTENER_NAMES, Config, ConfigError
 from .context import Context
+from .control import ControlSocket, control_path
 from .dns.resolver import Resolver
 from .net.listeners import Listener, listener_class
 from .net.smtp_client import SMTPDeliverer
@@ -135,9 +136,12 @@ async def serve(config: Config) -> None:
         queue_task = asyncio.get_running_loop().create_task(queue.run()) if queue is not None else None
         if workers is not None:
             await workers.start()
+        control = ControlSocket(control_path(config), lambda: ctx.on_queued())
+        control.start()
         logger.info("mailhouse ready: hostname=%s data_dir=%s", config.hostname, config.data_dir)
         await until_signalled()
         logger.info("shutting down: no new connections; finishing sessions in flight")
+        control.stop()
         await stop_listeners(ctx, listeners, *(x.stop() for x in (queue, workers) if x is not None))
         if queue_task is not None:
             queue_task.cancel()

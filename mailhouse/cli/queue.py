@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..config import Config
+from ..control import notify
 from ..store.models import QueueEntry
 from .common import store_for
 from .main import CommandError
@@ -84,6 +85,7 @@ async def cmd_retry(config: Config, args: argparse.Namespace) -> None:
         else:
             n = await store.retry_all(time.time())
             print(f"{n} message(s) will be retried now")
+    notify(config)  # a running server acts now, not at its next poll
 
 
 async def cmd_delete(config: Config, args: argparse.Namespace) -> None:
@@ -101,4 +103,5 @@ async def cmd_hold(config: Config, args: argparse.Namespace) -> None:
 async def cmd_release(config: Config, args: argparse.Namespace) -> None:
     async with store_for(config) as store:
         await store.update_queue_entry(args.id, held=False, next_attempt=time.time())
+    notify(config)
     print(f"{args.id}: released")

@@ -32,7 +32,6 @@ logger = log.get("queue")
 
 MAX_RECEIVED = 50
 ROUTE_CACHE_SECONDS = 5.0
-POLL_INTERVAL = 1.0  # the CLI (another process) may change the queue: look this often
 
 
 @dataclass
@@ -151,14 +150,14 @@ class QueueManager:
                 t.add_done_callback(self._tasks.discard)
             if fetched and not more:
                 # Nothing more due now: sleep until the next entry is (or the poll).
-                next_due = time.time() + POLL_INTERVAL
+                next_due = time.time() + self.settings.poll_interval
                 with contextlib.suppress(Exception):
                     nxt = await self.store.next_queue_time(self.part)
                     if nxt is not None:
                         next_due = min(next_due, nxt)
             elif fetched:
-                next_due = time.time() + POLL_INTERVAL
-            wait = max(0.05, next_due - time.time()) if not more else POLL_INTERVAL
+                next_due = time.time() + self.settings.poll_interval
+            wait = max(0.05, next_due - time.time()) if not more else self.settings.poll_interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()

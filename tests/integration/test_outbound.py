@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,32 @@ def test_send_errors_are_one_line(world: dict[str, Any]) -> None:
     assert r.returncode == 1 and "cannot reach" in r.stderr.decode()
     r = crepes.cli("trace", "NOSUCHTHING", check=False)
     assert r.returncode == 1 and "nothing known" in r.stderr.decode()
+
+
+def test_queue_retry_wakes_the_running_server(tmp_path: Path) -> None:
+    """`queue retry` tells serve through its control socket (0600, gone at stop):
+    the attempt starts at once, not at the queue manager's next poll (here 1 min)."""
+    peer_port = free_port()
+    crepes = MailServer(tmp_path, "crepes.fr", extra={
+        "queue": {"retry_interval": "1h", "connect_timeout": "2s", "poll_interval": "1m"},
+        "routes": {"later.test": f"127.0.0.1:{peer_port}"},
+    })
+    crepes.cli("user", "add", "alice@crepes.fr", "--password", ALICE_PW)
+    control = crepes.data_dir / "run" / "control"
+    with crepes, FaultyPeer(port=peer_port) as peer:
+        wait_for(control.is_socket)  # made once the listeners are up
+        assert control.stat().st_mode & 0o777 == 0o600
+        latencies = []
+        for i in range(2):
+            peer.mode = "rcpt4xx"
+            submit(crepes, "alice@crepes.fr", ALICE_PW, [f"bob{i}@later.test"], f"Subject: r{i}\r\n\r\nx\r\n".encode())
+            wait_for(lambda: [e for e in queue(crepes) if e["attempts"] >= 1])  # deferred: next try in 1h
+            peer.mode = "accept"
+            crepes.cli("queue", "retry")
+            asked = time.monotonic()
+            wait_for(lambda i=i: any(f"bob{i}@later.test" in m.recipients for m in peer.messages),
+                     timeout=10, interval=0.01)
+            latencies.append(time.monotonic() - asked)
+            wait_for(lambda: queue(crepes) == [])
+        assert max(latencies) < 5, latencies
+    assert not control.exists()

@@ -156,3 +156,10 @@ def test_a_share_of_a_limit_adds_up_and_is_never_zero() -> None:
     assert [share_of(20, (k, 2)) for k in range(2)] == [10, 10]
     assert [share_of(7, (k, 3)) for k in range(3)] == [3, 2, 2]
     assert [share_of(1, (k, 4)) for k in range(4)] == [1, 1, 1, 1]  # at least one connection each
+
+
+def test_queue_poll_interval(tmp_path: Path) -> None:
+    assert config_from_toml({}, tmp_path / "m.toml").queue.poll_interval == 1.0
+    assert config_from_toml({"queue": {"poll_interval": "5s"}}, tmp_path / "m.toml").queue.poll_interval == 5.0
+    with pytest.raises(ConfigError, match=r"queue\.poll_interval"):
+        config_from_toml({"queue": {"poll_interval": "0"}}, tmp_path / "m.toml")
