@@ -33,41 +33,50 @@ def control_path(config: Config) -> Path:
     return config.data_dir / "run" / "control"
 
 
+MAX_PER_WAKE = 64  # datagrams read per readiness: a flood cannot hold the loop
+
+
 class ControlSocket:
     def __init__(self, path: Path, on_queue: Callable[[], None]) -> None:
         self.path = path
         self.on_queue = on_queue
         self._sock: socket.socket | None = None
+        self._inode = 0
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by a server that was killed
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        old = os.umask(0o177)  # created 0600, never briefly open to others
         try:
-            sock.bind(str(self.path))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # left by a server that was killed
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Narrowed to the owner right after bind (writing is what sending
+            # needs, which the usual umask already denies others); not by a
+            # umask change, which would reach every thread of the process.
+            try:
+                sock.bind(str(self.path))
+                os.chmod(self.path, 0o600)
+                self._inode = os.stat(self.path).st_ino
+            except OSError:
+                sock.close()
+                raise
         except OSError as e:
-            sock.close()
             logger.warning("no control socket at %s (%s): queue commands act at the next poll", self.path, e)
             return
-        finally:
-            os.umask(old)
         sock.setblocking(False)
         self._sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         assert self._sock is not None
-        while True:
+        wake = False
+        for _ in range(MAX_PER_WAKE):
             try:
                 word = self._sock.recv(64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if word.strip() in WORDS:
-                self.on_queue()
+            except OSError:  # BlockingIOError: all read
+                break
+            wake = wake or word.strip() in WORDS
+        if wake:  # once for however many came
+            self.on_queue()
 
     def stop(self) -> None:
         if self._sock is None:
@@ -75,15 +84,18 @@ class ControlSocket:
         asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self._sock.close()
         self._sock = None
+        # Only our own: a server started since (the same data_dir) has its own there.
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
 
 
 def notify(config: Config, word: bytes = b"queue") -> bool:
     """Tell a running server (if any); True when the word was delivered."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         try:
-            s.sendto(word, str(control_path(config)))
-        except OSError:  # no server, a stale socket, or not ours to write to
+            # Never waits: a full queue at the server means it has words to read already.
+            s.sendto(word, socket.MSG_DONTWAIT, str(control_path(config)))
+        except OSError:  # no server, a stale socket, not ours to write to, or full
             return False
     return True

@@ -78,19 +78,29 @@ async def until_signalled() -> None:
 
 
 def share_of(total: int, part: tuple[int, int] | None) -> int:
-    """A worker's share of a limit set for the whole server (at least one)."""
+    """A share of a limit set for the whole server; the n shares add up to it."""
     if part is None:
         return total
     k, n = part
-    return max(1, total // n + (1 if k < total % n else 0))
+    return total // n + (1 if k < total % n else 0)
+
+
+def queue_shares(config: Config) -> int:
+    """How many workers drain the queue: all of them, unless a connection limit is
+    lower (each drainer needs at least one connection of every limit, and the
+    drainers together must keep to the configured limits)."""
+    q = config.queue
+    return max(1, min(config.workers, q.connections_per_destination, q.max_connections))
 
 
 def outbound(
-    config: Config, store: Store, resolver: Resolver, part: tuple[int, int] | None = None
+    config: Config, store: Store, resolver: Resolver, part: tuple[int, int] | None = None,
+    on_queued: Callable[[], None] | None = None,
 ) -> tuple[QueueManager, SMTPDeliverer]:
     """The queue manager and its SMTP client. With part=(k, n) they drain the k-th
     of n shares of the queue, within that share of the connection limits: n
-    processes together keep to the configured ones."""
+    processes together keep to the configured ones. on_queued: what wakes every
+    queue manager when this one queues a DSN (which may be in another share)."""
     settings = config.queue
     if part is not None:
         settings = dataclasses.replace(
@@ -101,7 +111,7 @@ def outbound(
     deliverer = SMTPDeliverer(config.hostname, settings, config.tls_policy, tls=outbound_tls(config, resolver))
     router = Router(resolver, config.routes, settings.smtp_port)
     queue = QueueManager(store, router, deliverer, settings, config.hostname,
-                         max_parallel=settings.max_connections, part=part)
+                         max_parallel=settings.max_connections, part=part, on_queued=on_queued)
     return queue, deliverer
 
 

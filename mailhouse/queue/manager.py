@@ -15,6 +15,7 @@ import random
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,6 +100,7 @@ class QueueManager:
         *,
         max_parallel: int = 100,
         part: tuple[int, int] | None = None,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -109,6 +111,9 @@ class QueueManager:
         # (k, n): this manager drains the k-th of n shares of the queue (one per
         # worker process, see mailhouse.workers); None: all of it.
         self.part = part
+        # Wakes the queue manager(s) when this one queues a DSN: with shares, the
+        # DSN's entry may be another process's.
+        self.on_queued = on_queued or self.kick
         self._low_water = max(1, max_parallel // 4)  # refill when this many slots are free
         self.in_flight: set[str] = set()
         self._wake = asyncio.Event()
@@ -349,7 +354,7 @@ class QueueManager:
             entry.id, AttemptOutcome(updates, next_attempt, last_error, events, warned), notices
         )
         if notices:
-            self.kick()  # a DSN may have been queued for a remote sender: send it now
+            self.on_queued()  # a DSN may have been queued for a remote sender: send it now
         if removed:
             logger.info("%s: removed", entry.id)
 

@@ -8,13 +8,15 @@ Each worker opens the store itself: SQLite admits one writer at a time, and
 the store's lock file makes writers queue for it instead of polling
 (see store/sqlite/engine.py), each still committing its sessions in groups.
 
-The main process keeps what must be one: the queue manager and the HTTP
-listeners. It relays notices over a socket pair per worker (link.py): a
-worker's commits that change a folder reach every other process at once
-(an IDLE session elsewhere hears of a delivery as if it were local), and a
-worker that queued mail wakes the queue manager. SMTP's and IMAP's connection
-limits are counted in shared memory (net/counts.py). A worker that dies is
-restarted.
+The workers also drain the outbound queue, each its share of the entries and
+of the connection limits (serve.outbound, serve.queue_shares). The main process
+keeps the HTTP listeners and the control socket (control.py), and relays notices
+over a socket pair per worker (link.py): a worker's commits that change a
+folder reach every other process at once (an IDLE session elsewhere hears of a
+delivery as if it were local), and mail queued anywhere wakes every worker's
+queue manager. SMTP's and IMAP's connection limits are counted in shared memory
+(net/counts.py). A worker that dies is restarted; its share of the queue waits
+for it meanwhile (at most the restart back-off, 30 s, unless it keeps dying).
 
 Logins are checked by the main process (one lockout, one cache of successes).
 Kept per process, not shared: IMAP's \\Recent marks, per-user sending rates

@@ -1,7 +1,7 @@
 """A worker process: ``python -m mailhouse.workers.worker``, started by serve.
 
 It serves the listeners whose sockets it inherits, with its own store
-connection, drains its share of the queue (slot k of n: serve.outbound), and
+connection, drains its share of the queue (serve.outbound, serve.queue_shares), and
 keeps the main process told of its changes through the link.
 """
 
@@ -23,8 +23,10 @@ from ..context import Context
 from ..dns.resolver import Resolver
 from ..net.counts import SharedConnectionCounts
 from ..net.listeners import INHERITED
+from ..net.smtp_client import SMTPDeliverer
 from ..net.tls import server_context
-from ..serve import outbound, run, start_listeners, stop_listeners, until_signalled
+from ..queue.manager import QueueManager
+from ..serve import outbound, queue_shares, run, start_listeners, stop_listeners, until_signalled
 from ..store import open_store
 from ..store.base import Store
 from ..store.models import Change
@@ -137,28 +139,36 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         ctx.make_counts = lambda name: SharedConnectionCounts(counts_path(config, name), slot, slots)
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
         install_trust(ctx, resolver)
-        queue, deliverer = outbound(config, store, resolver, part=(slot, slots))
-        relay.link.on_kick = queue.kick  # another process queued mail
+        # Workers 0 .. shares-1 drain the queue, a share each (serve.queue_shares).
+        shares = queue_shares(config)
+        queue: QueueManager | None = None
+        deliverer: SMTPDeliverer | None = None
 
         def queued() -> None:  # here: this share may hold it, another may
-            queue.kick()
+            if queue is not None:
+                queue.kick()
             relay.kick()
 
+        if slot < shares:
+            queue, deliverer = outbound(config, store, resolver, part=(slot, shares), on_queued=queued)
+            relay.link.on_kick = queue.kick  # another process queued mail
         ctx.on_queued = queued
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(lambda: relay.link, socket.socket(fileno=notice_fd))
         names = [n for n, (host, port) in config.listen.items() if (host, port) in INHERITED]
         listeners = await start_listeners(ctx, names)
-        queue_task = loop.create_task(queue.run())
+        queue_task = loop.create_task(queue.run()) if queue is not None else None
         stop = asyncio.create_task(_until_signalled_or(lost))
         await stop
         if lost.is_set():
             logger.warning("worker %d: the main process is gone; stopping", slot)
-        await stop_listeners(ctx, listeners, queue.stop())
-        queue_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await queue_task
-        await deliverer.close()
+        await stop_listeners(ctx, listeners, *([queue.stop()] if queue is not None else []))
+        if queue_task is not None:
+            queue_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await queue_task
+        if deliverer is not None:
+            await deliverer.close()
     finally:
         await store.close()
 

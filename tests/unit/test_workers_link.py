@@ -149,13 +149,21 @@ def test_worker_log_lines_are_tagged_and_written_in_atomic_chunks() -> None:
         log._tag = old
 
 
-def test_a_share_of_a_limit_adds_up_and_is_never_zero() -> None:
-    from mailhouse.serve import share_of
+def test_shares_of_a_limit_add_up_to_it(tmp_path: Path) -> None:
+    from mailhouse.serve import queue_shares, share_of
 
     assert share_of(20, None) == 20
     assert [share_of(20, (k, 2)) for k in range(2)] == [10, 10]
     assert [share_of(7, (k, 3)) for k in range(3)] == [3, 2, 2]
-    assert [share_of(1, (k, 4)) for k in range(4)] == [1, 1, 1, 1]  # at least one connection each
+
+    def shares(**queue: object) -> int:
+        return queue_shares(config_from_toml({"server": {"workers": 4}, "queue": queue}, tmp_path / "m.toml"))
+
+    assert shares() == 4
+    # Fewer drainers than workers when a limit is lower: each has at least one
+    # connection, and together they keep to the limit.
+    assert shares(connections_per_destination=1) == 1
+    assert shares(max_connections=3) == 3
 
 
 def test_queue_poll_interval(tmp_path: Path) -> None:

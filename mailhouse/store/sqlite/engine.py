@@ -10,7 +10,7 @@ being capped at one fsync per message.
 The writer shares the GIL with the event loop, so what crosses between them is
 counted per batch, not per job: the jobs a loop iteration submits reach the
 writer in one hand-over, consecutive deliveries run as one grouped call (one
-executemany per table), and the callers of a batch are woken with one
+multi-row statement per table), and the callers of a batch are woken with one
 call_soon_threadsafe.
 
 Reads that are a single indexed lookup (is this domain local? does this account
@@ -63,7 +63,7 @@ class _Job:
     # notes): a batch of only such jobs commits without waiting for an fsync.
     durable: bool = True
     # Optional: consecutive jobs of a batch with equal `many` run as one call
-    # many(conn, [item, ...]) -> [result, ...] (one executemany per table instead
+    # many(conn, [item, ...]) -> [result, ...] (a statement per table instead
     # of a few statements per job). `fn` alone must do the same for one job: it is
     # what runs if the group fails, so a bad job still sinks only itself.
     many: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None

@@ -159,7 +159,7 @@ class MessageStore(Engine):
         self, c: sqlite3.Connection, items: list[tuple[SpoolBlob, Incoming, str]]
     ) -> list[list[Delivered]]:
         """The deliveries waiting in one batch (or one alone, _deliver_tx): their rows, with
-        one executemany per table and each folder's counters read and written once
+        one multi-row statement per table and each folder's counters read and written once
         (the writer thread's Python per message is what contends for the GIL with
         the event loop)."""
         now = _now()

@@ -208,8 +208,8 @@ class QueueStore(MessageStore):
         try:
             if prepared:  # notices to queue or deliver: rare, one job alone
                 return await self._write(fn, directory=False)
-            # The common case joins the other attempts finished meanwhile: one
-            # executemany per table for the whole group commit (see _finish_many).
+            # The common case joins the other attempts finished meanwhile: a few
+            # set-wise statements for the whole group commit (see _finish_many).
             encoded = [(kind, json.dumps(data)) for kind, data in outcome.events]
             return await self._write(fn, directory=False, many=self._finish_many,
                                      item=(queue_id, outcome, now, encoded))
