@@ -14,8 +14,9 @@ announce them (RFC 9051 §7.5.1 forbids EXPUNGE during FETCH, STORE and
 SEARCH). The session renders the announcements; this module only keeps the
 books.
 
-``\\Recent`` (IMAP4rev1) is approximated per process: the first session to
-select a folder after a message arrived sees it as recent, the others do not.
+``\\Recent`` (IMAP4rev1): the first session to select a folder read-write after
+a message arrived, or to be told of it, sees it as recent; the others do not,
+in whichever worker process they are (recent.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
 
+from mailhouse.imap.recent import RecentMarks
 from mailhouse.store.models import FolderColumns, FolderDelta
 
 SEEN = 1
@@ -58,15 +60,9 @@ def _bit_table(bit: int) -> bytes:
     return table
 
 
-def claim_recent(marks: dict[int, int], folder_id: int, uid: int) -> bool:
-    """True if ``uid`` is recent for the caller (the first to ask about it).
-    ``marks`` (folder id -> first UID not claimed yet) is shared by the
-    sessions of one store."""
-    mark = marks.get(folder_id, 0)
-    if uid >= mark:
-        marks[folder_id] = uid + 1
-        return True
-    return False
+def claim_recent(marks: RecentMarks, folder_id: int, uid: int) -> bool:
+    """True if ``uid`` is recent for the caller (the first to ask about it)."""
+    return marks.claim(folder_id, uid + 1) <= uid
 
 
 class MailboxView:
@@ -92,7 +88,7 @@ class MailboxView:
         "uidvalidity",
     )
 
-    def __init__(self, cols: FolderColumns, *, readonly: bool, recent_marks: dict[int, int]) -> None:
+    def __init__(self, cols: FolderColumns, *, readonly: bool, recent_marks: RecentMarks) -> None:
         f = cols.folder
         self.recent_marks = recent_marks
         self.folder_id = f.id
@@ -115,10 +111,9 @@ class MailboxView:
         self._flag_text: dict[tuple[int, str], str] = {}
         if not readonly and self.uids:
             # Only read-write selection claims \Recent (RFC 3501 §6.3.2).
-            mark = recent_marks.get(self.folder_id, 0)
+            mark = recent_marks.claim(self.folder_id, self.uids[-1] + 1)
             start = bisect_left(self.uids, mark)
             self.flags[start:] = self.flags[start:].translate(_ADD_RECENT)
-            recent_marks[self.folder_id] = max(mark, self.uids[-1] + 1)
 
     # -- lookups ----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 from mailhouse.imap.headercache import HeaderCache
+from mailhouse.imap.recent import RecentMarks, new_marks
 from mailhouse.store.base import Store
 from mailhouse.store.models import Change, FolderDelta
 
@@ -51,7 +52,7 @@ class FolderWatcher:
         self._poller: asyncio.Task[None] | None = None
         self.poll_interval = POLL_INTERVAL
         # \Recent bookkeeping shared by the sessions of this store (see mailbox.py).
-        self.recent_marks: dict[int, int] = {}
+        self.recent_marks: RecentMarks = new_marks()
         # (account id, folder name) -> folder id, learnt by SELECT and APPEND: the
         # next one reads the folder by id on the event loop (store reads of one
         # row run there) instead of looking the name up in the reader pool. Only

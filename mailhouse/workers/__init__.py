@@ -19,6 +19,7 @@ queue manager. SMTP's and IMAP's connection limits are counted in shared memory
 for it meanwhile (at most the restart back-off, 30 s, unless it keeps dying).
 
 Logins are checked by the main process (one lockout, one cache of successes).
-Kept per process, not shared: IMAP's \\Recent marks, per-user sending rates
-and the SMTP connection rate; greylisting is refused with workers (config.py).
+IMAP's \\Recent claims are shared too (imap/recent.py). Kept per process, not
+shared: per-user sending rates and the SMTP connection rate; greylisting is
+refused with workers (config.py).
 """

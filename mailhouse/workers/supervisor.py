@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import log
 from ..auth.service import Authenticator
 from ..config import Config, ConfigError
+from ..imap.recent import SharedRecentMarks
 from ..net.counts import SharedConnectionCounts
 from ..net.listeners import listening_socket
 from ..store.base import Store
@@ -38,6 +39,10 @@ COUNTED_LISTENERS = ("imap", "imaps")
 
 def counts_path(config: Config, listener: str | None = None) -> Path:
     return config.data_dir / "run" / (f"{listener}-connections" if listener else "connections")
+
+
+def recent_path(config: Config) -> Path:
+    return config.data_dir / "run" / "recent"
 
 
 def counted(config: Config) -> list[str | None]:
@@ -98,6 +103,7 @@ class Workers:
     async def start(self) -> None:
         for listener in counted(self.config):
             SharedConnectionCounts.create(counts_path(self.config, listener), self.config.workers)
+        SharedRecentMarks.create(recent_path(self.config))
         self._snapshot = self.snapshot_config()
         self._unsubscribe = self.store.subscribe_changes(self._changed_here)
         for slot in range(self.config.workers):

@@ -21,6 +21,7 @@ from ..auth.service import Authenticator, LoginResult
 from ..config import Config, ConfigError, config_from_toml, load_config
 from ..context import Context
 from ..dns.resolver import Resolver
+from ..imap import recent
 from ..net.counts import SharedConnectionCounts
 from ..net.listeners import INHERITED
 from ..net.smtp_client import SMTPDeliverer
@@ -32,7 +33,7 @@ from ..store.base import Store
 from ..store.models import Change
 from ..trust.hooks import install as install_trust
 from .link import Link, encode_changes
-from .supervisor import counts_path
+from .supervisor import counts_path, recent_path
 
 logger = log.get("workers")
 
@@ -155,6 +156,7 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         ctx.on_queued = queued
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(lambda: relay.link, socket.socket(fileno=notice_fd))
+        recent.share(recent_path(config))  # IMAP \Recent claims, every worker's
         names = [n for n, (host, port) in config.listen.items() if (host, port) in INHERITED]
         listeners = await start_listeners(ctx, names)
         queue_task = loop.create_task(queue.run()) if queue is not None else None

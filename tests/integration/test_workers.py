@@ -481,6 +481,32 @@ def test_the_workers_share_the_queue(srv: MailServer, peer: FaultyPeer) -> None:
     wait_for(lambda: queue(srv) == [], interval=0.2)
 
 
+def test_a_new_message_is_recent_in_one_session_whatever_its_worker(srv: MailServer) -> None:
+    """RFC 3501 §2.3.2: \\Recent in exactly one session. Claims are shared by the
+    workers, so a session in another process does not see the same message as
+    recent again, at SELECT or when told of it."""
+    deliver(srv, CAROL, ["recent a", "recent b"])
+    sessions = spread(srv, "imap", lambda: Imap(srv.port("imap"), CAROL, CAROL_PW), lambda s: s.sock, at_least=4)
+    try:
+        counts = []
+        for s, _ in sessions:
+            lines = s.command("SELECT INBOX")
+            (recent,) = [int(ln.split()[1]) for ln in lines if ln.endswith(b" RECENT\r\n")]
+            counts.append(recent)
+        assert counts[0] >= 2 and counts[1:] == [0] * (len(sessions) - 1), counts
+        deliver(srv, CAROL, ["recent c"])
+        time.sleep(NOTICE_WITHIN)
+        seen = []
+        for s, pid in sessions:
+            s.command("NOOP")  # told of the new message here
+            seen.append((pid, s.search("RECENT")))
+        holders = [pid for pid, recent in seen if recent]
+        assert len(holders) == 1, seen
+    finally:
+        for s, _ in sessions:
+            s.close()
+
+
 def test_pop3_delete_seen_by_imap_in_another_worker(srv: MailServer) -> None:
     sessions = idlers(srv, BOB, BOB_PW, at_least=2)
     try:
