@@ -115,6 +115,17 @@ def outbound(
     return queue, deliverer
 
 
+async def stop_outbound(queue_task: asyncio.Task[None] | None, deliverer: SMTPDeliverer | None) -> None:
+    """Once the queue manager has stopped (its attempts finished or cut): its
+    task, and the outbound connections kept idle."""
+    if queue_task is not None:
+        queue_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await queue_task
+    if deliverer is not None:
+        await deliverer.close()
+
+
 async def serve(config: Config) -> None:
     check_listeners(config)
     store = await open_store(config)
@@ -153,12 +164,7 @@ async def serve(config: Config) -> None:
         logger.info("shutting down: no new connections; finishing sessions in flight")
         control.stop()
         await stop_listeners(ctx, listeners, *(x.stop() for x in (queue, workers) if x is not None))
-        if queue_task is not None:
-            queue_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await queue_task
-        if deliverer is not None:
-            await deliverer.close()
+        await stop_outbound(queue_task, deliverer)
     finally:
         await store.close()
     logger.info("stopped")

@@ -27,7 +27,15 @@ from ..net.listeners import INHERITED
 from ..net.smtp_client import SMTPDeliverer
 from ..net.tls import server_context
 from ..queue.manager import QueueManager
-from ..serve import outbound, queue_shares, run, start_listeners, stop_listeners, until_signalled
+from ..serve import (
+    outbound,
+    queue_shares,
+    run,
+    start_listeners,
+    stop_listeners,
+    stop_outbound,
+    until_signalled,
+)
 from ..store import open_store
 from ..store.base import Store
 from ..store.models import Change
@@ -165,12 +173,7 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         if lost.is_set():
             logger.warning("worker %d: the main process is gone; stopping", slot)
         await stop_listeners(ctx, listeners, *([queue.stop()] if queue is not None else []))
-        if queue_task is not None:
-            queue_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await queue_task
-        if deliverer is not None:
-            await deliverer.close()
+        await stop_outbound(queue_task, deliverer)
     finally:
         await store.close()
 
