@@ -96,7 +96,13 @@ def relaxed_header(name: str, raw_value: bytes) -> bytes:
 
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 §3.4.4 (with dkimpy's reading of its corner cases)."""
-    body = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))
+    # Most bodies have neither whitespace before a line end nor a tab or two
+    # spaces in a row: a substring test (C, memchr-fast) skips each regex pass
+    # over the whole body (~75 µs each for 4 KB) when it could change nothing.
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP.sub(b" ", body)
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2
