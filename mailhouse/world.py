@@ -124,16 +124,20 @@ class MailServer:
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
         )
         deadline = time.monotonic() + timeout
-        first = next(iter(self.ports.values()))
+        # Every port, not the first: serve opens its listeners one after the
+        # other, and a test may go straight to the last one.
+        waiting = list(self.ports.values())
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"mailhouse serve exited {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", first), timeout=1):
+                with socket.create_connection(("127.0.0.1", waiting[0]), timeout=1):
+                    waiting.pop(0)
+                if not waiting:
                     return self
             except OSError:
                 time.sleep(0.05)
-        raise AssertionError(f"mailhouse serve did not listen in {timeout}s:\n{self.log()}")
+        raise AssertionError(f"mailhouse serve did not listen on {waiting} in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
