@@ -45,6 +45,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import functools
 import json
 import math
 import os
@@ -59,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -426,8 +427,6 @@ class Result:
 
 
 class MailhouseSender:
-    name = "mailhouse"
-
     def __init__(
         self, workdir: Path, cmd: list[str], sink: Sink, start_timeout: float, concurrency: int = 20,
         workers: int = 0,
@@ -884,25 +883,27 @@ def main(argv: list[str] | None = None) -> int:
         sink.start()
         meta["sink"] = shlex.join(sink.cmd)
         log(f"receiver: {shlex.join(sink.cmd)}")
+        def postfix() -> PostfixSender:
+            if not postfix_available():
+                raise BenchError("Postfix not installed, or not root")
+            return PostfixSender(workdir, sink, a.postfix_set, a.destination_concurrency)
+
+        def mailhouse(workers: int) -> MailhouseSender:
+            return MailhouseSender(workdir, mailhouse_command(a.mailhouse_cmd), sink,
+                                   a.start_timeout, a.destination_concurrency, workers)
+
+        # One run per target, and per value of --mailhouse-workers for mailhouse.
+        plan: list[tuple[str, Callable[[], MailhouseSender | PostfixSender]]] = []
         for name in a.targets:
+            if name == "postfix":
+                plan.append((name, postfix))
+            else:
+                plan += [(f"mailhouse-w{n}" if n else "mailhouse", functools.partial(mailhouse, n))
+                         for n in a.mailhouse_workers]
+        for name, make in plan:
             target: MailhouseSender | PostfixSender | None = None
             try:
-                if name == "postfix":
-                    if not postfix_available():
-                        raise BenchError("Postfix not installed, or not root")
-                    target = PostfixSender(workdir, sink, a.postfix_set, a.destination_concurrency)
-                else:
-                    for n in a.mailhouse_workers:
-                        target = MailhouseSender(workdir, mailhouse_command(a.mailhouse_cmd), sink,
-                                                 a.start_timeout, a.destination_concurrency, n)
-                        try:
-                            results.append(run_target(target, sink, a.count, a.rcpts_per_message, a.sessions,
-                                                      a.size, use_uvloop, a.phase_timeout))
-                        finally:
-                            with _block_signals():
-                                target.stop()
-                            target = None
-                    continue
+                target = make()
                 results.append(run_target(target, sink, a.count, a.rcpts_per_message, a.sessions,
                                           a.size, use_uvloop, a.phase_timeout))
             except (BenchError, OSError, TimeoutError, subprocess.SubprocessError) as e:

@@ -132,7 +132,7 @@ class Workers:
         loop = asyncio.get_running_loop()
         _, link = await loop.connect_accepted_socket(
             lambda: Link(
-                lambda changes: self._from_worker(slot, changes), lambda: self._kicked(slot), lambda: self._lost(slot),
+                lambda changes: self._from_worker(slot, changes), lambda: self.kick_all(but=slot), lambda: self._lost(slot),
                 on_login=lambda *req: self._login(slot, *req),
             ),
             parent,
@@ -162,16 +162,12 @@ class Workers:
             if changes:
                 w.link.send_changes(changes)
 
-    def _kicked(self, slot: int) -> None:
-        """A worker queued mail: every other worker's queue manager may own it."""
+    def kick_all(self, but: int | None = None) -> None:
+        """Mail was queued (here: the web's sending; or by worker `but`, which woke
+        its own): every worker's queue manager may own it."""
         for w in self.workers.values():
-            if w.slot != slot:
+            if w.slot != but:
                 w.link.send(b"q\n")
-
-    def kick_all(self) -> None:
-        """Mail was queued here (the web's sending, a DSN): the workers drain the queue."""
-        for w in self.workers.values():
-            w.link.send(b"q\n")
 
     def _login(self, slot: int, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
         asker = self.workers.get(slot)

@@ -203,7 +203,7 @@ class Engine:
             with self._write_lock():
                 results, orphans, dropped = self._run_batch(conn, batch)
             if dropped:
-                self._blobs_dropped([blob_id for blob_id, _ in orphans])
+                self._blobs_dropped()
             self._unlink_pending += [path for _, path in orphans if path]
             # A body file goes only once the commit that dropped its row is durable:
             # after a relaxed commit a crash could bring the row back without it.
@@ -219,11 +219,10 @@ class Engine:
                 self._unlink(self._unlink_pending)
         conn.close()
 
-    def _blobs_dropped(self, blob_ids: list[int]) -> None:
+    def _blobs_dropped(self) -> None:
         """On the writer thread, once a commit that deleted blob rows is done and
-        before its callers are woken: whatever is kept of them must go (see
-        QueueStore). blob_ids lists those kept in files; bodies kept inline are
-        dropped without naming them (their ids are never given out again)."""
+        before its callers are woken (see QueueStore). The rows are not named:
+        their ids are never given out again."""
 
     def _unlink(self, paths: list[str]) -> None:
         for path in paths:

@@ -91,7 +91,7 @@ class QueueStore(MessageStore):
             )
         return out
 
-    def _blobs_dropped(self, blob_ids: list[int]) -> None:
+    def _blobs_dropped(self) -> None:
         # On the writer thread (see Engine). Blob ids are never given out again
         # (MessageStore._blob_ids), so a body left here for a dropped blob can
         # never be served for another one: it only takes room, which is bounded
@@ -312,9 +312,8 @@ _REMOVED = json.dumps({"reason": "no recipient left pending"})
 
 
 def _share(part: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
-    """The SQL condition for one share of the queue: by rowid, which the index on
-    next_attempt carries (no table lookup), and which spreads consecutive entries
-    over the shares. Rowids stay put (mailhouse never runs VACUUM, which may
+    """The SQL condition for one share of the queue: by rowid, which spreads
+    consecutive entries over the shares. Rowids stay put (mailhouse never runs VACUUM, which may
     renumber them), so an entry in flight never moves to another share."""
     if part is None or part[1] <= 1:
         return "", ()
