@@ -32,6 +32,12 @@ from .routing import Route, Router
 logger = log.get("queue")
 
 MAX_RECEIVED = 50
+# Entries taken from the queue, those waiting for their outcome's commit included,
+# as a multiple of max_parallel (those before the end of their SMTP transaction).
+# Measured with two workers draining a backlog to one sink: an outcome waited
+# 25-35 ms for its commit, so when those counted against max_parallel, half the
+# slots held entries that were done with the network.
+MAX_COMMITTING = 2
 ROUTE_CACHE_SECONDS = 5.0
 
 
@@ -115,7 +121,11 @@ class QueueManager:
         # DSN's entry may be another process's.
         self.on_queued = on_queued or self.kick
         self._low_water = max(1, max_parallel // 4)  # refill when this many slots are free
-        self.in_flight: set[str] = set()
+        self.in_flight: set[str] = set()  # taken from the queue and not yet finished
+        # Those of in_flight not yet past their SMTP transaction. An entry whose
+        # outcome waits for its commit no longer holds a connection slot: the next
+        # entry may take its place, within MAX_COMMITTING times max_parallel taken.
+        self._sending: set[str] = set()
         self._wake = asyncio.Event()
         self._kicked = True  # look at the queue once at start
         self._stopping = False
@@ -138,7 +148,7 @@ class QueueManager:
         next_due = 0.0  # when not `more`: when the next entry is due (or the next poll)
         while not self._stopping:
             self._wake.clear()
-            free = self.max_parallel - len(self.in_flight)
+            free = self._free()
             due: list[QueueEntry] = []
             fetched = False
             if free > 0 and (self._kicked or (more and free >= low_water) or not self.in_flight):
@@ -150,6 +160,7 @@ class QueueManager:
                 more = len(due) == free
             for entry in due:
                 self.in_flight.add(entry.id)
+                self._sending.add(entry.id)
                 t = asyncio.get_running_loop().create_task(self._process(entry))
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
@@ -195,10 +206,18 @@ class QueueManager:
                 )
         finally:
             self.in_flight.discard(entry.id)
-            # Wake the loop only when it has something to do: a refill (see run), or
-            # nothing left in flight. Waking it per finished attempt cost a loop turn each.
-            if self.max_parallel - len(self.in_flight) >= self._low_water or not self.in_flight or self._kicked:
-                self._wake.set()
+            self._sent(entry)
+
+    def _free(self) -> int:
+        return min(self.max_parallel - len(self._sending), MAX_COMMITTING * self.max_parallel - len(self.in_flight))
+
+    def _sent(self, entry: QueueEntry) -> None:
+        """The entry's transaction is over (or it is finished): its slot is free."""
+        self._sending.discard(entry.id)
+        # Wake the loop only when it has something to do: a refill (see run), or
+        # nothing left in flight. Waking it per finished attempt cost a loop turn each.
+        if self._free() >= self._low_water or not self.in_flight or self._kicked:
+            self._wake.set()
 
     def _retry_delay(self) -> float:
         base = self.settings.retry_interval
@@ -252,6 +271,7 @@ class QueueManager:
                     results[r.id] = res
                     remote_mta[r.id] = att.remote_mta
                     passed_on[r.id] = att.dsn_passed_on
+        self._sent(entry)
         await self._conclude(entry, pending, results, remote_mta, passed_on, events, source, now)
 
     async def _domain(

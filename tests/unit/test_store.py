@@ -176,6 +176,42 @@ async def test_a_body_file_outlives_a_relaxed_commit_that_dropped_it(store: SQLi
     assert not path.exists()
 
 
+async def test_no_caller_is_told_done_before_the_wal_is_synced(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits are fsync'd by the syncer after the write lock is let go: a caller
+    is woken only after that fsync, and told of its failure (never a success)."""
+    import os
+
+    from mailhouse.store.sqlite import engine
+
+    acc = await store.add_account("bob@example.test", "h")
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(engine.os, "fdatasync", fdatasync)
+    b = store.new_blob()
+    b.write(b"Subject: one\r\n\r\nbody\r\n")
+    await store.deliver(b, incoming("QS1", acc.id, acc.address))
+    assert synced and os.readlink(f"/proc/self/fd/{synced[-1]}").endswith("mailhouse.db-wal")
+    await store._write(lambda c: c.execute("SELECT 1"), durable=False)
+    assert len(synced) == 1  # nothing durable to make so: no fsync
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(engine.os, "fdatasync", broken)
+    b = store.new_blob()
+    b.write(b"Subject: two\r\n\r\nbody\r\n")
+    with pytest.raises(StoreError, match="durable"):
+        await store.deliver(b, incoming("QS2", acc.id, acc.address))
+    monkeypatch.setattr(engine.os, "fdatasync", real)
+
+
 async def test_discarded_blob_leaves_nothing(store: SQLiteStore) -> None:
     b = store.new_blob()
     b.write(b"x" * (INLINE_MAX + 1))

@@ -17,8 +17,9 @@ T = TypeVar("T")
 INLINE_MAX = 256 * 1024
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path | str) -> None:
+    """fsync a file or directory by name (a directory: so that an entry made in it lasts)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -87,7 +88,7 @@ class SpoolBlob(BlobWriter):
             self._file.flush()
             os.fsync(self._file.fileno())
             assert self.path is not None
-            _fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
 
     def close_file(self) -> None:
         if self._mmap is not None:

@@ -3,9 +3,17 @@
 Concurrency model (measured, see FIELD-NOTES): one writer thread owns the only
 write connection and runs *group commit*: it takes every write job waiting, runs
 them in one transaction (if one fails, each again in its own, so a failing job
-does not sink the others), commits once (one WAL fsync with synchronous=FULL) and
-only then wakes the callers. Throughput thus grows with concurrency instead of
-being capped at one fsync per message.
+does not sink the others) and commits once. A second thread, the syncer, then
+fsyncs the WAL once for every batch committed meanwhile and only then wakes their
+callers. Throughput thus grows with concurrency instead of being capped at one
+fsync per message.
+
+The write lock (shared by every process writing the store: SMTP workers, the
+CLI) is held for the statements only, not for the fsync: another process commits
+its batch, and this writer its next one, while the disk catches up. A change is
+thus visible to readers a few milliseconds before it is durable; no caller is
+told it is done before it is, so a crash in between costs a retry (the client
+never got its 250), never a message.
 
 The writer shares the GIL with the event loop, so what crosses between them is
 counted per batch, not per job: the jobs a loop iteration submits reach the
@@ -47,6 +55,7 @@ from ..models import (
     Alias,
     Change,
 )
+from .blobs import fsync_path
 
 T = TypeVar("T")
 
@@ -68,6 +77,15 @@ class _Job:
     # what runs if the group fails, so a bad job still sinks only itself.
     many: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
     item: Any = None
+
+
+@dataclass
+class _Committed:
+    """A batch committed by the writer, waiting for the syncer's fsync."""
+
+    results: list[tuple[_Job, Any, BaseException | None]]
+    unlink: list[str]  # body files whose rows the batch dropped
+    durable: bool
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -102,6 +120,8 @@ class Engine:
         # handoff) for all the sessions served in that iteration.
         self._handoff: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._writer: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
+        self._committed: queue.SimpleQueue[_Committed | None] = queue.SimpleQueue()
         # Every process writing this store (serve, its SMTP workers, the CLI) takes
         # this lock around a write transaction. SQLite's own lock would do, but a
         # writer that finds it taken sleeps in its busy handler (1, 2, 5 ... 100 ms)
@@ -112,8 +132,7 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_lock = threading.Lock()
-        self._sync_full = True  # the writer connection's synchronous mode
-        self._unlink_pending: list[str] = []  # body files to remove after the next durable commit
+        self._wal_fd = -1  # the WAL, opened once by the syncer to fsync it (see _sync_wal)
         self.commits = 0  # for the benchmark: how many transactions carried the writes
         # Recipient lookups run for every RCPT: they read an in-memory snapshot of
         # domains, accounts and aliases, reloaded when the directory counter (moved by
@@ -134,11 +153,18 @@ class Engine:
         with self._write_lock():
             conn.execute("PRAGMA journal_mode = WAL")
             self._migrate(conn)
+        # The WAL exists now, whoever made it: its directory entry is made durable
+        # once, as SQLite does for a journal it creates under synchronous=FULL.
+        fsync_path(self.data_dir)
+        # COMMIT writes the WAL without waiting for the disk: the syncer fsyncs it.
+        conn.execute("PRAGMA synchronous = NORMAL")
         self._reader = _connect(self.db_path)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-read")
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-writer", daemon=True
         )
+        self._syncer = threading.Thread(target=self._sync_loop, name="store-sync", daemon=True)
+        self._syncer.start()
         self._writer.start()
 
     async def close(self) -> None:
@@ -146,7 +172,7 @@ class Engine:
             self._hand_over(asyncio.get_running_loop())  # jobs before the stop mark
             self._jobs.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
-            self._writer = None
+            self._writer = self._syncer = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -204,20 +230,81 @@ class Engine:
                 results, orphans, dropped = self._run_batch(conn, batch)
             if dropped:
                 self._blobs_dropped()
-            self._unlink_pending += [path for _, path in orphans if path]
-            # A body file goes only once the commit that dropped its row is durable:
-            # after a relaxed commit a crash could bring the row back without it.
-            # A FULL commit fsyncs the whole WAL, so it makes all earlier ones durable.
-            if self._sync_full and self._unlink_pending:
-                self._unlink(self._unlink_pending)
-                self._unlink_pending = []
-            self._settle_all(results)
-        if self._unlink_pending:
-            with contextlib.suppress(sqlite3.Error):
-                with self._write_lock():
-                    conn.execute("PRAGMA wal_checkpoint(FULL)")  # syncs the WAL first
-                self._unlink(self._unlink_pending)
+            self._committed.put(_Committed(results, [path for _, path in orphans if path],
+                                           any(j.durable for j in batch)))
+        self._committed.put(None)
+        if self._syncer is not None:
+            self._syncer.join()  # its last fsync before the connection closes
         conn.close()
+
+    def _sync_loop(self) -> None:
+        """Make committed batches durable, then wake their callers.
+
+        Each fdatasync covers every batch committed before it: those that waited
+        during the last one share the next."""
+        unlink: list[str] = []  # body files to remove after the next fsync
+        stop = False
+        while not stop:
+            first = self._committed.get()
+            if first is None:
+                break
+            done = [first]
+            while True:
+                try:
+                    more = self._committed.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                done.append(more)
+            for d in done:
+                unlink += d.unlink
+            error: StoreError | None = None
+            # Changes a crash may undo (flags, read marks) are not worth an fsync
+            # alone: they become durable with the next durable batch.
+            if any(d.durable for d in done):
+                try:
+                    self._sync_wal()
+                except OSError as e:
+                    # Committed, but maybe not on disk: no caller may be told it is
+                    # stored. (A client told 451 sends again: a duplicate, not a loss.)
+                    error = StoreError(f"the store could not be made durable: {e}")
+                else:
+                    # A body file goes only once the commit that dropped its row is
+                    # durable: before, a crash could bring the row back without it.
+                    self._unlink(unlink)
+                    unlink = []
+            self._settle_all([r for d in done for r in d.results], error)
+        with contextlib.suppress(OSError):
+            self._sync_wal()
+            self._unlink(unlink)
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
+
+    def _sync_wal(self) -> None:
+        """fdatasync the WAL: every commit before it is durable.
+
+        The writer connection runs with synchronous=NORMAL, so COMMIT writes its
+        frames without waiting for the disk, and this is what synchronous=FULL
+        would have done inside the write lock. A checkpoint meanwhile is no harm:
+        under NORMAL SQLite syncs the WAL before it copies frames into the
+        database, and the database before the WAL is reused."""
+        fd = self._wal_fd
+        if fd < 0 or os.fstat(fd).st_nlink == 0:  # not opened yet, or the file was replaced
+            if fd >= 0:
+                os.close(fd)
+                self._wal_fd = -1
+            try:
+                # Kept open: closing a descriptor would drop this process's POSIX
+                # locks on the file, and SQLite keeps locks of its own.
+                fd = self._wal_fd = os.open(f"{self.db_path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                # No WAL: it was checkpointed into the database file and removed.
+                fsync_path(self.db_path)
+                return
+        os.fdatasync(fd)
 
     def _blobs_dropped(self) -> None:
         """On the writer thread, once a commit that deleted blob rows is done and
@@ -237,13 +324,6 @@ class Engine:
         Returns the results, the (id, path) of dropped body files, and whether
         any blob row was dropped."""
         try:
-            # WAL with synchronous=NORMAL commits without fsync; the frames become
-            # durable at the next FULL commit (which fsyncs the whole WAL) or the
-            # next checkpoint. So a relaxed batch never weakens a durable one.
-            durable = any(j.durable for j in batch)
-            if durable != self._sync_full:
-                conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
-                self._sync_full = durable
             conn.execute("BEGIN IMMEDIATE")
             results: list[tuple[_Job, Any, BaseException | None]] = []
             i, n = 0, len(batch)
@@ -282,12 +362,13 @@ class Engine:
         return results, orphans, dropped
 
     @staticmethod
-    def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:
-        """Wake the callers: one call_soon_threadsafe per event loop for the whole
-        batch, not one per job (each is a lock, a wakeup write and a GIL handoff)."""
+    def _settle_all(results: list[tuple[_Job, Any, BaseException | None]], failed: BaseException | None = None) -> None:
+        """Wake the callers (with `failed` for all, when given): one
+        call_soon_threadsafe per event loop for the whole batch, not one per job
+        (each is a lock, a wakeup write and a GIL handoff)."""
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
         for job, result, error in results:
-            per_loop.setdefault(job.loop, []).append((job.future, result, error))
+            per_loop.setdefault(job.loop, []).append((job.future, result, failed or error))
         for loop, outcomes in per_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop closed under us
                 loop.call_soon_threadsafe(_settle_futures, outcomes)
