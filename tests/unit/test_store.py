@@ -422,3 +422,22 @@ async def test_attempts_finished_together_keep_each_outcome(store: SQLiteStore) 
     assert [e.kind for e in await store.journey("FA")][-2:] == ["attempt", "removed"]
     assert [e.kind for e in await store.journey("FB")][-1] == "attempt"
     assert "removed" not in [e.kind for e in await store.journey("FB")]
+
+
+def test_multi_row_statements_come_in_a_few_padded_sizes() -> None:
+    """Padded to a power of two, so each size's text stays in sqlite3's statement
+    cache; the NULL padding matches and inserts nothing."""
+    import sqlite3
+
+    from mailhouse.store.sqlite.engine import in_list, insert_rows, padded_size, values_table
+
+    assert [padded_size(n) for n in (0, 1, 4, 5, 8, 9, 200)] == [4, 4, 4, 8, 8, 16, 256]
+    assert in_list(["a", "b", "c", "d", "e"]) == ("?,?,?,?,?,?,?,?", ["a", "b", "c", "d", "e", None, None, None])
+    sql, params = values_table(2, [(1, "x")])
+    assert sql.count("(?,?)") == 4 and params == [1, "x"] + [None] * 6
+    c = sqlite3.connect(":memory:")
+    c.execute("CREATE TABLE t(a INTEGER NOT NULL, b)")
+    insert_rows(c, "INSERT INTO t(a, b)", 2, [(i, str(i)) for i in range(300)])
+    assert c.execute("SELECT count(*), sum(a) FROM t").fetchone() == (300, sum(range(300)))
+    marks, args = in_list([5, 7])
+    assert c.execute(f"SELECT count(*) FROM t WHERE a IN ({marks})", args).fetchone() == (2,)

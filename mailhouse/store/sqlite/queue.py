@@ -14,7 +14,7 @@ from ..models import (
     QueueEntry,
     QueueRecipient,
 )
-from .engine import _now, chunks, values_rows
+from .engine import _now, chunks, in_list, values_table
 from .messages import _PARSE_JSON, MessageStore
 
 _PREFETCH_LOCK = threading.Lock()
@@ -228,50 +228,55 @@ class QueueStore(MessageStore):
         entry is gone, so that the writer runs each alone (NotFound for that one)."""
         ids = [item[0] for item in items]
         ups = [(u.recipient_id, qid, u.state, u.reply, now) for qid, o, now, _ in items for u in o.updates]
-        for up in chunks(ups, 200):
+        for up in chunks(ups):
+            values, params = values_table(5, up)
             c.execute(
                 # (id, queue id, state, reply, time): a VALUES table's columns are column1...
                 "UPDATE queue_recipients SET state = u.column3, last_reply = u.column4, updated = u.column5 "
-                f"FROM (VALUES {values_rows(5, len(up))}) AS u "
+                f"FROM (VALUES {values}) AS u "
                 "WHERE queue_recipients.id = u.column1 AND queue_recipients.queue_id = u.column2",
-                [x for row in up for x in row],
+                params,
             )
         left: set[str] = set()
-        for part in chunks(ids, 500):
+        for part in chunks(ids):
+            marks, params = in_list(part)
             left.update(
                 r[0]
                 for r in c.execute(
-                    "SELECT DISTINCT queue_id FROM queue_recipients WHERE state IN ('pending', 'deferred') "
-                    f"AND queue_id IN ({','.join('?' * len(part))})",
-                    part,
+                    f"SELECT DISTINCT queue_id FROM queue_recipients WHERE state IN ('pending', 'deferred') "
+                    f"AND queue_id IN ({marks})",
+                    params,
                 )
             )
         # The journey first, while every entry still has its row (and message id).
         events = [(qid, now, kind, data) for qid, _, now, evs in items for kind, data in evs]
         events += [(qid, now, "removed", _REMOVED) for qid, _, now, _ in items if qid not in left]
-        for ev in chunks([(i, *e) for i, e in enumerate(events)], 200):
+        for ev in chunks([(i, *e) for i, e in enumerate(events)]):
+            values, params = values_table(5, ev)
             c.execute(
-                # (order, queue id, time, kind, data)
+                # (order, queue id, time, kind, data); the padding joins no queue row
                 "INSERT INTO journey(queue_id, message_id, time, kind, data) "
                 "SELECT v.column2, q.message_id, v.column3, v.column4, v.column5 "
-                f"FROM (VALUES {values_rows(5, len(ev))}) AS v JOIN queue q ON q.id = v.column2 ORDER BY v.column1",
-                [x for row in ev for x in row],
+                f"FROM (VALUES {values}) AS v JOIN queue q ON q.id = v.column2 ORDER BY v.column1",
+                params,
             )
         found = 0
         kept = [(qid, o.next_attempt, int(o.count_attempt), o.last_error, int(o.warned))
                 for qid, o, _, _ in items if qid in left]
-        for kp in chunks(kept, 200):
+        for kp in chunks(kept):
+            values, params = values_table(5, kp)
             found += c.execute(
                 # (id, next attempt, attempts added, last error, warned). Not a WITH
                 # statement: sqlite3 gives a rowcount only to those starting UPDATE etc.
                 "UPDATE queue SET next_attempt = v.column2, attempts = attempts + v.column3, "
                 "last_error = v.column4, warned = warned OR v.column5 "
-                f"FROM (VALUES {values_rows(5, len(kp))}) AS v WHERE queue.id = v.column1",
-                [x for row in kp for x in row],
+                f"FROM (VALUES {values}) AS v WHERE queue.id = v.column1",
+                params,
             ).rowcount
         done = [qid for qid in ids if qid not in left]
-        for gone in chunks(done, 500):
-            found += c.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(gone))})", gone).rowcount
+        for gone in chunks(done):
+            marks, params = in_list(gone)
+            found += c.execute(f"DELETE FROM queue WHERE id IN ({marks})", params).rowcount
         if found != len(items):
             raise NotFound("a queued message is gone (or listed twice): finish one by one")
         return [qid not in left for qid in ids]
