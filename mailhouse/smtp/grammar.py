@@ -82,6 +82,9 @@ _ENHANCED_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 # On the wire an enhanced code is only recognised when followed by a space or
 # the end of the line, so a text such as "2.0.0.1 apples" is not mistaken.
 _ENHANCED_PREFIX_RE = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
+# The common reply, one line with an enhanced code of its class ("250 2.1.0 Ok"),
+# in one match: a client parses several per message.
+_SIMPLE_REPLY_RE = re.compile(rb"([2-5])([0-9][0-9]) (\1\.[0-9]{1,3}\.[0-9]{1,3})(?: (.*)|)", re.S)
 _LINE_SPLIT_RE = re.compile(r"\r\n|\r|\n")
 
 
@@ -197,25 +200,27 @@ class ReplyParser:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         if self._failed:
             raise ProtocolError("reply parser already failed")
-        self._buf += data
+        buf = self._buf
+        buf += data
         replies: list[Reply] = []
         try:
-            while True:
-                idx = self._buf.find(b"\n")
-                if idx < 0:
-                    # +1: the CR of a CRLF may already be here without its LF.
-                    if len(self._buf) > self._max_line + 1:
+            end = buf.rfind(b"\n")
+            if end >= 0:
+                # Every complete line at once: one copy and one split, not a copy
+                # and a buffer shift per line.
+                lines = bytes(buf[:end]).split(b"\n")
+                del buf[: end + 1]
+                for raw in lines:
+                    if raw.endswith(b"\r"):
+                        raw = raw[:-1]
+                    if len(raw) > self._max_line:
                         raise ProtocolError("reply line too long")
-                    break
-                raw = bytes(self._buf[:idx])
-                del self._buf[: idx + 1]
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]
-                if len(raw) > self._max_line:
-                    raise ProtocolError("reply line too long")
-                reply = self._line(raw)
-                if reply is not None:
-                    replies.append(reply)
+                    reply = self._line(raw)
+                    if reply is not None:
+                        replies.append(reply)
+            # +1: the CR of a CRLF may already be here without its LF.
+            if len(buf) > self._max_line + 1:
+                raise ProtocolError("reply line too long")
         except ProtocolError as e:
             self._failed = True
             e.completed = replies
@@ -223,6 +228,10 @@ class ReplyParser:
         return replies
 
     def _line(self, raw: bytes) -> Reply | None:
+        if self._code is None and self.detect_enhanced:
+            m = _SIMPLE_REPLY_RE.fullmatch(raw)
+            if m is not None:
+                return Reply(int(raw[:3]), m[3].decode("ascii"), [(m[4] or b"").decode("utf-8", "replace")])
         if len(raw) < 3 or not raw[:3].isdigit() or raw[0:1] not in b"2345":
             raise ProtocolError(f"malformed reply line: {raw[:64]!r}")
         sep = raw[3:4]

@@ -590,3 +590,27 @@ def test_parse_command_fast_path(text: str, end: str) -> None:
     except CommandError:
         got = "CommandError"
     assert got == _parse_command_ref(line)
+
+
+@pytest.mark.parametrize(
+    ("wire", "code", "enhanced", "lines"),
+    [
+        (b"250 2.1.0 Ok\r\n", 250, "2.1.0", ["Ok"]),
+        (b"250 2.1.0\r\n", 250, "2.1.0", [""]),
+        (b"250 2.0.0  two spaces\r\n", 250, "2.0.0", [" two spaces"]),
+        (b"250 4.1.0 class differs\r\n", 250, None, ["4.1.0 class differs"]),
+        (b"550 5.1.1 caf\xc3\xa9 \xff\r\n", 550, "5.1.1", ["caf\u00e9 \ufffd"]),
+        (b"250 2.1.0x not a code\r\n", 250, None, ["2.1.0x not a code"]),
+        (b"354 End data with <CR><LF>.<CR><LF>\r\n", 354, None, ["End data with <CR><LF>.<CR><LF>"]),
+        (b"250-2.0.0 first\r\n250 2.0.0 last\r\n", 250, "2.0.0", ["first", "last"]),
+    ],
+)
+def test_one_line_replies_parse_as_the_general_path_does(wire: bytes, code: int, enhanced: str | None, lines: list[str]) -> None:
+    """Single-line replies with an enhanced code take a one-match fast path: the
+    result must be what the line-by-line parse gives."""
+    (reply,) = ReplyParser().feed(wire)
+    assert (reply.code, reply.enhanced, reply.lines) == (code, enhanced, lines)
+    # Fed a byte at a time, replies come out the same.
+    p = ReplyParser()
+    out = [r for i in range(len(wire)) for r in p.feed(wire[i : i + 1])]
+    assert [(r.code, r.enhanced, r.lines) for r in out] == [(code, enhanced, lines)]
