@@ -88,6 +88,27 @@ class _Committed:
     durable: bool
 
 
+def _take_waiting(
+    q: queue.SimpleQueue[T | None], most: int = 1 << 30, size: Callable[[T], int] = lambda _: 1
+) -> tuple[list[T], bool]:
+    """Block for one item, then take those waiting too, up to `most` by `size`.
+    Returns them, and whether the stop mark (None) came."""
+    first = q.get()
+    if first is None:
+        return [], True
+    items, total = [first], size(first)
+    while total < most:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            return items, True
+        items.append(item)
+        total += size(item)
+    return items, False
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # A larger statement cache than the default 128: the padded sizes of each
     # multi-row statement (see padded_size) must all stay in it.
@@ -216,19 +237,10 @@ class Engine:
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         stop = False
         while not stop:
-            first = self._jobs.get()
-            if first is None:
+            handed, stop = _take_waiting(self._jobs, MAX_BATCH, len)
+            if not handed:
                 break
-            batch = first
-            while len(batch) < MAX_BATCH:
-                try:
-                    jobs = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if jobs is None:
-                    stop = True
-                    break
-                batch += jobs
+            batch = [job for jobs in handed for job in jobs]
             with self._write_lock():
                 results, orphans, dropped = self._run_batch(conn, batch)
             if dropped:
@@ -248,19 +260,9 @@ class Engine:
         unlink: list[str] = []  # body files to remove after the next fsync
         stop = False
         while not stop:
-            first = self._committed.get()
-            if first is None:
+            done, stop = _take_waiting(self._committed)
+            if not done:
                 break
-            done = [first]
-            while True:
-                try:
-                    more = self._committed.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                done.append(more)
             for d in done:
                 unlink += d.unlink
             error: StoreError | None = None
