@@ -133,10 +133,10 @@ async def serve(config: Config) -> None:
         tls = server_context(config)
         ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
-        install_trust(ctx, resolver)
+        trust = install_trust(ctx, resolver)
         # With workers, they drain the queue (a share each) and this process only
         # wakes them; without, the queue is drained here.
-        workers = Workers(config, store, ctx.auth) if config.workers else None
+        workers = Workers(config, store, ctx.auth, trust.limits) if config.workers else None
         queue: QueueManager | None = None
         deliverer: SMTPDeliverer | None = None
         if workers is None:

@@ -19,6 +19,7 @@ import fnmatch
 import ipaddress
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,9 @@ class Trust:
         self.spf = SPFChecker(dns, receiver=ctx.config.hostname)
         self.keys = KeyRing(ctx.store, rsa_bits=s.dkim_rsa_bits)
         self.limits = SendLimits(s.rate_limits, s.user_limits)
+        # Worker processes count against the main process's limits (set by
+        # mailhouse.workers.worker): one count per user for the whole server.
+        self.count_sending: Callable[[str, int], Awaitable[str | None]] | None = None
         self.greylist = Greylist(s.greylist_delay, s.greylist_expire, s.greylist_pass)
         self.connections = ConnectionRate(s.connections_per_minute)
         self.connection_exempt = s.connection_exempt + s.trusted_networks
@@ -159,7 +163,11 @@ class Trust:
             if not self.may_send_as(user, addr):
                 logger.info("%s: refused: %s may not write From: <%s>", rec.queue_id, user, addr)
                 return Refusal(553, "5.7.1", f"From: <{addr}>: address not owned by user {user}")
-        reason = self.limits.check(user, len(rec.recipients))
+        n = len(rec.recipients)
+        if self.count_sending is not None and self.limits.limits_for(user).any():
+            reason = await self.count_sending(user, n)
+        else:
+            reason = self.limits.check(user, n)
         if reason is not None:
             logger.info("%s: deferred: %s: %s", rec.queue_id, user, reason)
             return Refusal(451, "4.7.1", f"{reason}; try again later")

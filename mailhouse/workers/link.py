@@ -6,10 +6,14 @@
     a <id> <user> <password> <ip> <protocol>    a login to check (worker to main;
                                          user, password: "b" + base64), answered by
     A <id> <address or -> <retry after>  (main to worker)
+    l <id> <user> <recipients>           a message to count against the user's
+                                         sending limits (worker to main), answered by
+    L <id> <reason or ->                 (main to worker; reason: "b" + base64)
 
 Logins are checked by the main process so that every protocol of every process
 shares one lockout and one cache of recent successes (auth/service.py): a
-worker's own cache would cost an argon2 hash per account per worker.
+worker's own cache would cost an argon2 hash per account per worker. Sending
+limits are counted there too: per worker, a user could send N times the limit.
 
 Both ends run this protocol on their half of a socket pair. A lost connection
 means the other side is gone: the worker exits, the main process restarts it.
@@ -35,6 +39,17 @@ KINDS = frozenset({"exists", "flags", "expunge", "folders"})
 MAX_BUFFERED = 1 << 20
 
 
+def _b64(text: str) -> str:
+    # "b" first: an empty field must still be a field
+    return "b" + base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
+
+
+def _unb64(field: bytes) -> str:
+    if not field.startswith(b"b"):
+        raise ValueError("not a base64 field")
+    return base64.b64decode(field[1:], validate=True).decode("utf-8", "surrogateescape")
+
+
 def encode_changes(changes: list[Change]) -> bytes:
     return b"".join(f"c {c.account_id} {c.folder_id} {c.kind}\n".encode() for c in changes)
 
@@ -47,12 +62,16 @@ class Link(asyncio.Protocol):
         on_lost: Callable[[], None],
         on_login: Callable[[int, str, str, str, str], None] | None = None,
         on_answer: Callable[[int, str | None, float], None] | None = None,
+        on_limit: Callable[[int, str, int], None] | None = None,
+        on_limit_answer: Callable[[int, str | None], None] | None = None,
     ) -> None:
         self.on_changes = on_changes
         self.on_kick = on_kick
         self.on_lost = on_lost
         self.on_login = on_login
         self.on_answer = on_answer
+        self.on_limit = on_limit
+        self.on_limit_answer = on_limit_answer
         self.transport: asyncio.Transport | None = None
         self._buf = b""
 
@@ -76,7 +95,7 @@ class Link(asyncio.Protocol):
                     changes.append(Change(int(parts[1]), int(parts[2]), parts[3].decode()))
                 except ValueError:
                     logger.warning("notice link: bad change line")
-            elif parts and parts[0] in (b"a", b"A") and self._login_line(parts):
+            elif parts and self._request_line(parts):
                 pass
             elif line:  # never the line itself: it may carry a password
                 logger.warning("notice link: bad line starting %r", parts[0][:8] if parts else b"")
@@ -85,13 +104,15 @@ class Link(asyncio.Protocol):
         if kick:
             self.on_kick()
 
+    def _request_line(self, parts: list[bytes]) -> bool:
+        if parts[0] in (b"a", b"A"):
+            return self._login_line(parts)
+        return parts[0] in (b"l", b"L") and self._limit_line(parts)
+
     def _login_line(self, parts: list[bytes]) -> bool:
         try:
             if parts[0] == b"a" and len(parts) == 6 and self.on_login is not None:
-                if not (parts[2].startswith(b"b") and parts[3].startswith(b"b")):
-                    return False
-                user = base64.b64decode(parts[2][1:], validate=True).decode("utf-8", "surrogateescape")
-                password = base64.b64decode(parts[3][1:], validate=True).decode("utf-8", "surrogateescape")
+                user, password = _unb64(parts[2]), _unb64(parts[3])
                 self.on_login(int(parts[1]), user, password, parts[4].decode(), parts[5].decode())
                 return True
             if parts[0] == b"A" and len(parts) == 4 and self.on_answer is not None:
@@ -102,11 +123,26 @@ class Link(asyncio.Protocol):
             pass
         return False
 
-    def send_login(self, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
-        def b64(text: str) -> str:  # "b" first: an empty field must still be a field
-            return "b" + base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
+    def _limit_line(self, parts: list[bytes]) -> bool:
+        try:
+            if parts[0] == b"l" and len(parts) == 4 and self.on_limit is not None:
+                self.on_limit(int(parts[1]), _unb64(parts[2]), int(parts[3]))
+                return True
+            if parts[0] == b"L" and len(parts) == 3 and self.on_limit_answer is not None:
+                self.on_limit_answer(int(parts[1]), None if parts[2] == b"-" else _unb64(parts[2]))
+                return True
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pass
+        return False
 
-        self.send(f"a {request_id} {b64(user)} {b64(password)} {ip or '-'} {protocol or '-'}\n".encode())
+    def send_login(self, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
+        self.send(f"a {request_id} {_b64(user)} {_b64(password)} {ip or '-'} {protocol or '-'}\n".encode())
+
+    def send_limit(self, request_id: int, user: str, recipients: int) -> None:
+        self.send(f"l {request_id} {_b64(user)} {recipients}\n".encode())
+
+    def send_limit_answer(self, request_id: int, reason: str | None) -> None:
+        self.send(f"L {request_id} {'-' if reason is None else _b64(reason)}\n".encode())
 
     def send_answer(self, request_id: int, address: str | None, retry_after: float) -> None:
         self.send(f"A {request_id} {address or '-'} {retry_after:.3f}\n".encode("utf-8", "surrogateescape"))

@@ -22,6 +22,7 @@ from ..net.counts import SharedConnectionCounts
 from ..net.listeners import listening_socket
 from ..store.base import Store
 from ..store.models import Change
+from ..trust.limits import SendLimits
 from .link import Link
 
 logger = log.get("workers")
@@ -58,10 +59,13 @@ class _Worker:
 
 
 class Workers:
-    def __init__(self, config: Config, store: Store, auth: Authenticator) -> None:
+    def __init__(self, config: Config, store: Store, auth: Authenticator,
+                 send_limits: SendLimits | None = None) -> None:
         self.config = config
         self.store = store
         self.auth = auth
+        # The one count of sending limits for every worker (link.py).
+        self.send_limits = send_limits
         self.names = [n for n in WORKER_LISTENERS if n in config.listen]
         self.sockets: dict[str, socket.socket] = {}
         self.workers: dict[int, _Worker] = {}
@@ -134,6 +138,7 @@ class Workers:
             lambda: Link(
                 lambda changes: self._from_worker(slot, changes), lambda: self.kick_all(but=slot), lambda: self._lost(slot),
                 on_login=lambda *req: self._login(slot, *req),
+                on_limit=lambda *req: self._limit(slot, *req),
             ),
             parent,
         )
@@ -182,6 +187,12 @@ class Workers:
         task = asyncio.get_running_loop().create_task(check())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _limit(self, slot: int, request_id: int, user: str, recipients: int) -> None:
+        asker = self.workers.get(slot)
+        if asker is not None:
+            reason = self.send_limits.check(user, recipients) if self.send_limits is not None else None
+            asker.link.send_limit_answer(request_id, reason)
 
     # ------------------------------------------------------------------ lifecycle
     def _lost(self, slot: int) -> None:

@@ -14,7 +14,9 @@ import secrets
 import socket
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from .. import log
 from ..auth.service import Authenticator, LoginResult
@@ -46,6 +48,41 @@ from .supervisor import counts_path, recent_path
 logger = log.get("workers")
 
 LOGIN_TIMEOUT = 60.0  # argon2 under load, the failure delay: seconds, not minutes
+LIMIT_TIMEOUT = 30.0  # a count in memory: only a stalled main process takes this long
+T = TypeVar("T")
+
+
+class _Asked(Generic[T]):
+    """Requests to the main process awaiting their answers, by id."""
+
+    def __init__(self) -> None:
+        # Ids unique to this process's life: an answer meant for a worker that
+        # died in this slot can never settle a request of its successor.
+        self._next = secrets.randbits(48) << 16
+        self._waiting: dict[int, asyncio.Future[T]] = {}
+
+    async def ask(self, send: Callable[[int], None], timeout: float) -> T:
+        """send(id) sends the request; raises TimeoutError when no answer comes."""
+        self._next += 1
+        rid = self._next
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        send(rid)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiting.pop(rid, None)
+
+    def answer(self, rid: int, value: T) -> None:
+        fut = self._waiting.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    def fail_all(self, value: T) -> None:
+        """The main process is gone: nobody will answer."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_result(value)
 
 
 class RemoteAuthenticator(Authenticator):
@@ -54,39 +91,45 @@ class RemoteAuthenticator(Authenticator):
     def __init__(self, store: Store, link: Link) -> None:
         super().__init__(store)
         self.link = link
-        # Ids unique to this process's life: an answer meant for a worker that
-        # died in this slot can never settle a login of its successor.
-        self._next = secrets.randbits(48) << 16
-        self._waiting: dict[int, asyncio.Future[tuple[str | None, float]]] = {}
-        link.on_answer = self._answered
+        self._asked: _Asked[tuple[str | None, float]] = _Asked()
+        link.on_answer = lambda rid, address, retry_after: self._asked.answer(rid, (address, retry_after))
 
     def fail_all(self) -> None:
-        """The main process is gone: nobody will answer."""
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_result((None, 1.0))
+        self._asked.fail_all((None, 1.0))
 
     async def attempt(self, username: str, password: str, *, ip: str | None = None,
                       protocol: str = "") -> LoginResult:
-        self._next += 1
-        rid = self._next
-        fut: asyncio.Future[tuple[str | None, float]] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
-        self.link.send_login(rid, username, password, ip or "-", protocol.replace(" ", "_") or "-")
         try:
-            address, retry_after = await asyncio.wait_for(fut, LOGIN_TIMEOUT)
+            address, retry_after = await self._asked.ask(
+                lambda rid: self.link.send_login(rid, username, password, ip or "-", protocol.replace(" ", "_") or "-"),
+                LOGIN_TIMEOUT)
         except TimeoutError:
             logger.warning("login for %r: no answer from the main process", username[:100])
             return LoginResult(None, 1.0)
-        finally:
-            self._waiting.pop(rid, None)
         account = self.store.find_account(address) if address else None
         return LoginResult(account, retry_after)
 
-    def _answered(self, rid: int, address: str | None, retry_after: float) -> None:
-        fut = self._waiting.get(rid)
-        if fut is not None and not fut.done():
-            fut.set_result((address, retry_after))
+
+class RemoteSendLimits:
+    """Messages counted against sending limits by the main process (see link.py)."""
+
+    UNANSWERED = "sending limits cannot be checked now"
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._asked: _Asked[str | None] = _Asked()
+        link.on_limit_answer = self._asked.answer
+
+    def fail_all(self) -> None:
+        self._asked.fail_all(self.UNANSWERED)
+
+    async def count(self, user: str, recipients: int) -> str | None:
+        """None, or why the message is over a limit (then it is not counted)."""
+        try:
+            return await self._asked.ask(lambda rid: self.link.send_limit(rid, user, recipients), LIMIT_TIMEOUT)
+        except TimeoutError:
+            logger.warning("sending limits for %r: no answer from the main process", user[:100])
+            return self.UNANSWERED
 
 
 class Relay:
@@ -137,17 +180,19 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         lost = asyncio.Event()
         relay = Relay(store, lost)
         auth = RemoteAuthenticator(store, relay.link)
+        limits = RemoteSendLimits(relay.link)
 
         def main_gone() -> None:
             lost.set()
             auth.fail_all()
+            limits.fail_all()
 
         relay.link.on_lost = main_gone
         ctx = Context(config=config, store=store, auth=auth, tls=server_context(config))
         ctx.connections = SharedConnectionCounts(counts_path(config), slot, slots)
         ctx.make_counts = lambda name: SharedConnectionCounts(counts_path(config, name), slot, slots)
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
-        install_trust(ctx, resolver)
+        install_trust(ctx, resolver).count_sending = limits.count
         # Workers 0 .. shares-1 drain the queue, a share each (serve.queue_shares).
         shares = queue_shares(config)
         queue: QueueManager | None = None

@@ -12,6 +12,7 @@ so a server without the relay fails them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import poplib
 import re
@@ -38,6 +39,8 @@ DOMAIN = "workers.test"
 BOB, BOB_PW = f"bob@{DOMAIN}", "bob-pw"
 CAROL, CAROL_PW = f"carol@{DOMAIN}", "carol-pw"
 ALICE, ALICE_PW = f"alice@{DOMAIN}", "alice-pw"
+DAVE, DAVE_PW = f"dave@{DOMAIN}", "dave-pw"  # sending limited to DAVE_PER_HOUR messages an hour
+DAVE_PER_HOUR = 3
 WORKERS = 2
 NOTICE_WITHIN = 1.0  # a relayed notice; the poll of other processes' changes is every 2 s
 KICK_WITHIN = 0.6  # a relayed queue kick; the queue manager's own poll is every 1 s
@@ -328,8 +331,13 @@ def srv(tmp_path_factory: pytest.TempPathFactory, peer: FaultyPeer) -> Iterator[
             "limits": {"max_connections_per_ip": 100, "command_timeout": "20s"},
             "queue": {"retry_interval": "1h", "connect_timeout": "3s", "reply_timeout": "5s"},
             "routes": {"peer.test": f"127.0.0.1:{peer.port}"},
+            "trust": {
+                "trusted_networks": ["127.0.0.0/8", "::1/128"],  # as the harness sets without a [trust]
+                "rate_limits": {"users": {DAVE: {"messages_per_hour": DAVE_PER_HOUR}}},
+            },
         },
     )
+    server.cli("user", "add", DAVE, "--password", DAVE_PW)
     server.cli("user", "add", BOB, "--password", BOB_PW)
     server.cli("user", "add", CAROL, "--password", CAROL_PW)
     server.cli("user", "add", ALICE, "--password", ALICE_PW)
@@ -460,16 +468,64 @@ def test_submission_kicks_the_main_process_queue(srv: MailServer, peer: FaultyPe
     wait_for(lambda: queue(srv) == [], interval=0.2)
 
 
+def test_sending_limits_count_every_worker(srv: MailServer) -> None:
+    """A user's messages per hour are counted once for the server: per worker, two
+    workers would let twice the limit through."""
+    port = srv.port("submission")
+    by_worker: dict[int, smtplib.SMTP] = {}
+    spare: list[smtplib.SMTP] = []
+    deadline = time.monotonic() + 15
+    try:
+        while len(by_worker) < WORKERS:
+            assert time.monotonic() < deadline, f"no submission session in every worker: {sorted(by_worker)}"
+            c = smtplib.SMTP("127.0.0.1", port, timeout=20)
+            pid = owner(srv, "submission", c.sock)
+            if pid in by_worker:
+                spare.append(c)
+            else:
+                by_worker[pid] = c
+        sessions = list(by_worker.values())
+        for c in sessions:
+            c.starttls(context=tls_context())
+            c.login(DAVE, DAVE_PW)
+        replies = []
+        for i in range(DAVE_PER_HOUR + 3):  # in turn on each worker's session
+            c = sessions[i % len(sessions)]
+            msg = f"From: {DAVE}\r\nTo: {BOB}\r\nSubject: limit {i}\r\n\r\nx\r\n"
+            try:
+                c.sendmail(DAVE, [BOB], msg.encode())
+                replies.append(250)
+            except smtplib.SMTPDataError as e:
+                assert e.smtp_code == 451 and b"4.7.1" in e.smtp_error and b"messages per hour" in e.smtp_error, e
+                replies.append(e.smtp_code)
+        assert replies == [250] * DAVE_PER_HOUR + [451] * 3, replies
+    finally:
+        for c in [*by_worker.values(), *spare]:
+            with contextlib.suppress(Exception):
+                c.close()
+
+
 def test_the_workers_share_the_queue(srv: MailServer, peer: FaultyPeer) -> None:
-    """Each worker drains its share of the queue: a batch of outbound mail leaves
-    through both (the log names the process of each delivery), once each."""
+    """Each worker drains its share of the queue: a backlog of outbound mail leaves
+    through both (the log names the process of each delivery), once each.
+
+    A backlog, not a trickle: the peer defers them all first. Shares go by rowid,
+    and a message sent before the next one is queued frees its rowid for it, so
+    mail that trickles in may all fall in one share (no harm: it is light)."""
     before = len(peer.messages)
     rcpts = [f"share{i}@peer.test" for i in range(8)]
-    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as c:
-        c.starttls(context=tls_context())
-        c.login(ALICE, ALICE_PW)
-        for r in rcpts:
-            c.sendmail(ALICE, [r], f"From: {ALICE}\r\nTo: {r}\r\nSubject: share\r\n\r\nout\r\n".encode())
+    peer.mode = "rcpt4xx"
+    try:
+        with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as c:
+            c.starttls(context=tls_context())
+            c.login(ALICE, ALICE_PW)
+            for r in rcpts:
+                c.sendmail(ALICE, [r], f"From: {ALICE}\r\nTo: {r}\r\nSubject: share\r\n\r\nout\r\n".encode())
+        wait_for(lambda: sum(e["attempts"] >= 1 and e["recipients"][0] in rcpts for e in queue(srv)) == len(rcpts),
+                 timeout=10, interval=0.05, msg="every message deferred once")
+    finally:
+        peer.mode = "accept"
+    srv.cli("queue", "retry")
     wait_for(lambda: len(peer.messages) >= before + len(rcpts), timeout=10, interval=0.05, msg="the peer receiving 8")
     got = [r for m in peer.messages[before:] for r in m.recipients]
     assert sorted(got) == sorted(rcpts)  # each once

@@ -171,3 +171,23 @@ def test_queue_poll_interval(tmp_path: Path) -> None:
     assert config_from_toml({"queue": {"poll_interval": "5s"}}, tmp_path / "m.toml").queue.poll_interval == 5.0
     with pytest.raises(ConfigError, match=r"queue\.poll_interval"):
         config_from_toml({"queue": {"poll_interval": "0"}}, tmp_path / "m.toml")
+
+
+def test_sending_limit_request_and_answer() -> None:
+    got: list[Any] = []
+    sender, _ = _link()
+    sender.transport = _Sent()  # type: ignore[assignment]
+    sender.send_limit(9, "bob@hamburger.edu", 3)
+    sender.send_limit_answer(9, None)
+    sender.send_limit_answer(10, "sending limit reached: 3 messages per hour")
+    receiver, _ = _link(on_limit=lambda *a: got.append(("ask", *a)), on_limit_answer=lambda *a: got.append(("answer", *a)))
+    data = sender.transport.data  # type: ignore[union-attr]
+    for i in range(len(data)):  # one byte at a time: lines are reassembled
+        receiver.data_received(data[i : i + 1])
+    assert got == [
+        ("ask", 9, "bob@hamburger.edu", 3),
+        ("answer", 9, None),
+        ("answer", 10, "sending limit reached: 3 messages per hour"),
+    ]
+    receiver.data_received(b"l 11 notbase64 3\nl x bYQ== 3\nL 12\n")  # malformed: dropped
+    assert len(got) == 3
