@@ -22,7 +22,7 @@ from ..net.counts import SharedConnectionCounts
 from ..net.listeners import listening_socket
 from ..store.base import Store
 from ..store.models import Change
-from ..trust.limits import SendLimits
+from ..trust.limits import SendLimits, SharedConnectionRate
 from .link import Link
 
 logger = log.get("workers")
@@ -44,6 +44,10 @@ def counts_path(config: Config, listener: str | None = None) -> Path:
 
 def recent_path(config: Config) -> Path:
     return config.data_dir / "run" / "recent"
+
+
+def rate_path(config: Config) -> Path:
+    return config.data_dir / "run" / "connection-rate"
 
 
 def counted(config: Config) -> list[str | None]:
@@ -108,6 +112,7 @@ class Workers:
         for listener in counted(self.config):
             SharedConnectionCounts.create(counts_path(self.config, listener), self.config.workers)
         SharedRecentMarks.create(recent_path(self.config))
+        SharedConnectionRate.create(rate_path(self.config))
         self._snapshot = self.snapshot_config()
         self._unsubscribe = self.store.subscribe_changes(self._changed_here)
         for slot in range(self.config.workers):

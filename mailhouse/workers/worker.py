@@ -42,8 +42,9 @@ from ..store import open_store
 from ..store.base import Store
 from ..store.models import Change
 from ..trust.hooks import install as install_trust
+from ..trust.limits import SharedConnectionRate
 from .link import Link, encode_changes
-from .supervisor import counts_path, recent_path
+from .supervisor import counts_path, rate_path, recent_path
 
 logger = log.get("workers")
 
@@ -192,7 +193,9 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         ctx.connections = SharedConnectionCounts(counts_path(config), slot, slots)
         ctx.make_counts = lambda name: SharedConnectionCounts(counts_path(config, name), slot, slots)
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
-        install_trust(ctx, resolver).count_sending = limits.count
+        trust = install_trust(ctx, resolver)
+        trust.count_sending = limits.count
+        trust.connections = SharedConnectionRate(rate_path(config), trust.connections.per_minute)
         # Workers 0 .. shares-1 drain the queue, a share each (serve.queue_shares).
         shares = queue_shares(config)
         queue: QueueManager | None = None

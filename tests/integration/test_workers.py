@@ -753,6 +753,42 @@ def test_total_limit_is_shared_by_workers(limited: MailServer) -> None:
             s.close()
 
 
+RATE = 6  # connections a minute from one address
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
+    server = MailServer(
+        tmp_path_factory.mktemp("rated"),
+        "rated.test",
+        listeners=("smtp",),
+        # No trusted network: loopback is not exempt from the rate here.
+        extra={"server": {"workers": WORKERS}, "trust": {"connections_per_minute": RATE}},
+    )
+    try:
+        server.start()
+        wait_ready(server)
+        yield server
+    finally:
+        rc = server.stop()
+    assert rc == 0, server.log()
+
+
+def test_connection_rate_is_shared_by_workers(rated: MailServer) -> None:
+    """connections_per_minute counts an address's connections in every worker
+    together: per worker, two would let twice the rate in."""
+    port = rated.port("smtp")
+    replies: list[bytes] = []
+    served_by: set[int] = set()
+    for _ in range(2 * RATE):
+        sock, reply = _greeting(port, "127.0.0.3")  # not the harness's address, which start() used
+        if reply.startswith(b"220 "):
+            served_by.add(owner(rated, "smtp", sock))
+        sock.close()
+        replies.append(reply[:9] if reply.startswith(b"421") else reply[:3])
+    assert replies == [b"220"] * RATE + [b"421 4.7.0"] * RATE, (replies, served_by)
+
+
 def test_stop_leaves_no_worker(tmp_path: Path) -> None:
     server = MailServer(
         tmp_path,
