@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -634,15 +634,13 @@ def test_killed_worker_is_restarted(srv: MailServer) -> None:
 # ------------------------------------------------------------------ servers of their own
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
-    server = MailServer(
-        tmp_path_factory.mktemp("limited"),
-        "limits.test",
-        listeners=("smtp",),
-        extra={
-            "server": {"workers": WORKERS},
-            "limits": {"max_connections_per_ip": 4, "max_connections": 6},
-        },
-    )
+    yield from _smtp_only(tmp_path_factory, "limits.test", {"limits": {"max_connections_per_ip": 4, "max_connections": 6}})
+
+
+def _smtp_only(tmp_path_factory: pytest.TempPathFactory, domain: str, extra: dict[str, Any]) -> Iterator[MailServer]:
+    """A server with workers and only the smtp listener, for the limit tests."""
+    server = MailServer(tmp_path_factory.mktemp(domain), domain, listeners=("smtp",),
+                        extra={"server": {"workers": WORKERS}, **extra})
     try:
         server.start()
         wait_ready(server)
@@ -758,20 +756,8 @@ RATE = 6  # connections a minute from one address
 
 @pytest.fixture(scope="module")
 def rated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
-    server = MailServer(
-        tmp_path_factory.mktemp("rated"),
-        "rated.test",
-        listeners=("smtp",),
-        # No trusted network: loopback is not exempt from the rate here.
-        extra={"server": {"workers": WORKERS}, "trust": {"connections_per_minute": RATE}},
-    )
-    try:
-        server.start()
-        wait_ready(server)
-        yield server
-    finally:
-        rc = server.stop()
-    assert rc == 0, server.log()
+    # No trusted network: loopback is not exempt from the rate here.
+    yield from _smtp_only(tmp_path_factory, "rated.test", {"trust": {"connections_per_minute": RATE}})
 
 
 def test_connection_rate_is_shared_by_workers(rated: MailServer) -> None:
