@@ -3,24 +3,18 @@ rates, greylisting. In memory, per process: one mailhouse process serves every
 protocol, so one Lockout sees SMTP, IMAP, POP3 and HTTP logins together. With
 worker processes, the main process keeps the lockout and the sending limits
 (mailhouse.workers.link), and the connection rate is in shared memory
-(SharedConnectionRate). Plain data structures only, so `mailhouse.auth` can use
+(mailhouse.net.counts.SharedConnectionRate). Plain data structures only, so `mailhouse.auth` can use
 them without cycles.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import hashlib
 import ipaddress
-import mmap
-import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .settings import LockoutPolicy, RateLimits
 
@@ -206,57 +200,6 @@ class ConnectionRate:
                              if v[0] + (now - v[1]) * rate < self.per_minute}
         self._buckets[ip] = (tokens - 1.0, now)
         return True
-
-
-class SharedConnectionRate(ConnectionRate):
-    """ConnectionRate for worker processes: the buckets live in a shared,
-    file-backed memory map, so the rate is the server's, not each worker's.
-
-    An update takes an flock on the file (two syscalls a new connection): a
-    token bucket is read, then written, and two workers must not interleave.
-    Addresses share buckets through a hash keyed with a secret made at start
-    (the file's header), as in mailhouse.net.counts: a collision only makes a
-    limit stricter, and a client cannot aim at another's bucket."""
-
-    BUCKETS = 1 << 16
-    _HEADER = 16  # the hash key
-    _CELL = 16  # tokens, time: two float64
-
-    def __init__(self, path: Path, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(per_minute, clock)
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self._map = mmap.mmap(self._fd, self._HEADER + self._CELL * self.BUCKETS)
-        self._key = bytes(self._map[: self._HEADER])
-        self._cells = memoryview(self._map)[self._HEADER :].cast("d")
-
-    @classmethod
-    def create(cls, path: Path) -> None:
-        """The main process, before any worker starts: every bucket full (time 0)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".new")  # a new file: old workers may still map the old one
-        with open(tmp, "wb") as f:
-            f.write(secrets.token_bytes(cls._HEADER))
-            f.truncate(cls._HEADER + cls._CELL * cls.BUCKETS)
-        os.replace(tmp, path)
-
-    def allow(self, ip: str) -> bool:
-        if not self.per_minute:
-            return True
-        b = 2 * int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=2, key=self._key).digest(), "little")
-        cells = self._cells
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            now = self.clock()
-            at = cells[b + 1]
-            # CLOCK_MONOTONIC is one clock for every process; time 0 is a full bucket.
-            tokens = float(self.per_minute) if at == 0.0 else min(
-                float(self.per_minute), cells[b] + (now - at) * self.per_minute / 60.0)
-            allowed = tokens >= 1.0
-            cells[b] = tokens - 1.0 if allowed else tokens
-            cells[b + 1] = now
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return allowed
 
 
 # ------------------------------------------------------------------ greylisting

@@ -18,8 +18,9 @@ queue manager. SMTP's and IMAP's connection limits are counted in shared memory
 (net/counts.py). A worker that dies is restarted; its share of the queue waits
 for it meanwhile (at most the restart back-off, 30 s, unless it keeps dying).
 
-Logins are checked by the main process (one lockout, one cache of successes).
-IMAP's \\Recent claims are shared too (imap/recent.py). Kept per process, not
-shared: per-user sending rates and the SMTP connection rate; greylisting is
-refused with workers (config.py).
+Logins are checked, and messages counted against the per-user sending limits,
+by the main process (one lockout, one cache of successes, one count per user).
+IMAP's \\Recent claims and SMTP's connection rate are shared too, in shared
+memory (imap/recent.py, net/counts.py). Greylisting keeps its state in one
+process, so it is refused with workers (config.py).
 """

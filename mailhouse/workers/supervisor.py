@@ -18,11 +18,11 @@ from .. import log
 from ..auth.service import Authenticator
 from ..config import Config, ConfigError
 from ..imap.recent import SharedRecentMarks
-from ..net.counts import SharedConnectionCounts
+from ..net.counts import SharedConnectionCounts, SharedConnectionRate
 from ..net.listeners import listening_socket
 from ..store.base import Store
 from ..store.models import Change
-from ..trust.limits import SendLimits, SharedConnectionRate
+from ..trust.limits import SendLimits
 from .link import Link
 
 logger = log.get("workers")
@@ -63,8 +63,7 @@ class _Worker:
 
 
 class Workers:
-    def __init__(self, config: Config, store: Store, auth: Authenticator,
-                 send_limits: SendLimits | None = None) -> None:
+    def __init__(self, config: Config, store: Store, auth: Authenticator, send_limits: SendLimits) -> None:
         self.config = config
         self.store = store
         self.auth = auth
@@ -196,8 +195,7 @@ class Workers:
     def _limit(self, slot: int, request_id: int, user: str, recipients: int) -> None:
         asker = self.workers.get(slot)
         if asker is not None:
-            reason = self.send_limits.check(user, recipients) if self.send_limits is not None else None
-            asker.link.send_limit_answer(request_id, reason)
+            asker.link.send_limit_answer(request_id, self.send_limits.check(user, recipients))
 
     # ------------------------------------------------------------------ lifecycle
     def _lost(self, slot: int) -> None:

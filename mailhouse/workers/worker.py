@@ -24,7 +24,7 @@ from ..config import Config, ConfigError, config_from_toml, load_config
 from ..context import Context
 from ..dns.resolver import Resolver
 from ..imap import recent
-from ..net.counts import SharedConnectionCounts
+from ..net.counts import SharedConnectionCounts, SharedConnectionRate
 from ..net.listeners import INHERITED
 from ..net.smtp_client import SMTPDeliverer
 from ..net.tls import server_context
@@ -42,7 +42,6 @@ from ..store import open_store
 from ..store.base import Store
 from ..store.models import Change
 from ..trust.hooks import install as install_trust
-from ..trust.limits import SharedConnectionRate
 from .link import Link, encode_changes
 from .supervisor import counts_path, rate_path, recent_path
 

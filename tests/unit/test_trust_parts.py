@@ -27,7 +27,6 @@ from mailhouse.trust.limits import (
     Greylist,
     Lockout,
     SendLimits,
-    SharedConnectionRate,
 )
 from mailhouse.trust.settings import LockoutPolicy, RateLimits, parse_trust
 from mailhouse.trust.spf import SPFResult
@@ -165,22 +164,6 @@ def test_greylist() -> None:
     assert g.check("192.0.2.1", "other@x.test", "b@y.test") > 0
 
 
-
-def test_connection_rate_shared_by_workers(tmp_path: Path) -> None:
-    """Two SharedConnectionRate on one file (two worker processes) draw on one
-    bucket per address: the rate is the server's."""
-    now = [1000.0]
-    path = tmp_path / "run" / "connection-rate"
-    SharedConnectionRate.create(path)
-    a = SharedConnectionRate(path, 6, clock=lambda: now[0])
-    b = SharedConnectionRate(path, 6, clock=lambda: now[0])
-    assert [(a if i % 2 else b).allow("192.0.2.1") for i in range(8)] == [True] * 6 + [False] * 2
-    assert a.allow("192.0.2.2") and b.allow("192.0.2.3")  # other addresses have their own
-    now[0] += 10  # a token a 10 s at 6 a minute
-    assert b.allow("192.0.2.1") and not a.allow("192.0.2.1")
-    SharedConnectionRate.create(path)  # a restart starts afresh (a new file)
-    c = SharedConnectionRate(path, 6, clock=lambda: now[0])
-    assert all(c.allow("192.0.2.1") for _ in range(6))
 
 # ------------------------------------------------------------------ settings
 def test_parse_trust() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from mailhouse.config import ConfigError, config_from_toml
 from mailhouse.net import peer_ip
-from mailhouse.net.counts import ConnectionCounts, SharedConnectionCounts
+from mailhouse.net.counts import ConnectionCounts, SharedConnectionCounts, SharedConnectionRate
 from mailhouse.store.models import Change
 from mailhouse.workers.link import Link, encode_changes
 
@@ -191,3 +191,20 @@ def test_sending_limit_request_and_answer() -> None:
     ]
     receiver.data_received(b"l 11 notbase64 3\nl x bYQ== 3\nL 12\n")  # malformed: dropped
     assert len(got) == 3
+
+
+def test_connection_rate_shared_by_workers(tmp_path: Path) -> None:
+    """Two SharedConnectionRate on one file (two worker processes) draw on one
+    bucket per address: the rate is the server's."""
+    now = [1000.0]
+    path = tmp_path / "run" / "connection-rate"
+    SharedConnectionRate.create(path)
+    a = SharedConnectionRate(path, 6, clock=lambda: now[0])
+    b = SharedConnectionRate(path, 6, clock=lambda: now[0])
+    assert [(a if i % 2 else b).allow("192.0.2.1") for i in range(8)] == [True] * 6 + [False] * 2
+    assert a.allow("192.0.2.2") and b.allow("192.0.2.3")  # other addresses have their own
+    now[0] += 10  # a token a 10 s at 6 a minute
+    assert b.allow("192.0.2.1") and not a.allow("192.0.2.1")
+    SharedConnectionRate.create(path)  # a restart starts afresh (a new file)
+    c = SharedConnectionRate(path, 6, clock=lambda: now[0])
+    assert all(c.allow("192.0.2.1") for _ in range(6))

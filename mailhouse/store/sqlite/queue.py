@@ -243,7 +243,7 @@ class QueueStore(MessageStore):
             left.update(
                 r[0]
                 for r in c.execute(
-                    f"SELECT DISTINCT queue_id FROM queue_recipients WHERE state IN ('pending', 'deferred') "
+                    "SELECT DISTINCT queue_id FROM queue_recipients WHERE state IN ('pending', 'deferred') "
                     f"AND queue_id IN ({marks})",
                     params,
                 )
@@ -317,9 +317,11 @@ _REMOVED = json.dumps({"reason": "no recipient left pending"})
 
 
 def _share(part: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
-    """The SQL condition for one share of the queue: by rowid, which spreads
-    consecutive entries over the shares. Rowids stay put (mailhouse never runs VACUUM, which may
-    renumber them), so an entry in flight never moves to another share."""
+    """The SQL condition for one share of the queue: by rowid, which spreads a
+    backlog's consecutive entries over the shares (mail that trickles in, each
+    entry gone before the next comes, may reuse one rowid and so one share:
+    no harm, the load is light). Rowids stay put (mailhouse never runs VACUUM,
+    which may renumber them), so an entry in flight never moves to another share."""
     if part is None or part[1] <= 1:
         return "", ()
     return " AND rowid % ? = ?", (part[1], part[0])
