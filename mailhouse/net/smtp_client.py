@@ -14,8 +14,8 @@ import contextlib
 import ssl
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from .. import log
 from ..config import QueueSettings
@@ -55,99 +55,170 @@ def _reply_text(reply: Reply | None) -> str:
     return f"{reply.code} {enh}{' '.join(reply.lines)}".strip()
 
 
-@dataclass
-class Connection:
-    host: str
-    address: str
-    port: int
-    machine: cm.ClientConnection
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    reply_cap: float | None
-    tls: str | None = None
-    tls_key: tuple[Any, ...] = ()  # the TLSRequirement.key it was opened under: reuse only under the same
-    tls_problem: str | None = None  # what the requirement's certificate check found (testing mode goes on)
-    last_used: float = field(default_factory=time.monotonic)
-    messages: int = 0
-    # The reply timeout: one lazily re-armed timer per connection rather than an
-    # asyncio.timeout() (an object, a timer handle and a reschedule) per read.
-    _deadline: float = field(default=0.0, repr=False)
-    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-    _timer_at: float = field(default=0.0, repr=False)
-    _reading: asyncio.Task[Any] | None = field(default=None, repr=False)
-    _timed_out: bool = field(default=False, repr=False)
+class Connection(asyncio.Protocol):
+    """One connection to a next hop: the protocol moves bytes between the socket
+    and the machine, and wakes the task that drives a transaction only when the
+    machine has an event for it. (Streams woke it, and built a future, for every
+    read: four per message against smtp-sink, of which two carried an event.)"""
+
+    def __init__(
+        self, host: str, address: str, port: int, machine: cm.ClientConnection, reply_cap: float | None,
+        tls_key: tuple[Any, ...] = (),
+    ) -> None:
+        self.host = host
+        self.address = address
+        self.port = port
+        self.machine = machine
+        self.reply_cap = reply_cap
+        self.tls: str | None = None
+        self.tls_key = tls_key  # the TLSRequirement.key it was opened under: reuse only under the same
+        self.tls_problem: str | None = None  # what the requirement's certificate check found (testing mode goes on)
+        self.last_used = time.monotonic()
+        self.messages = 0
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: str | None = None  # why the socket failed (not a clean EOF)
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        # Decrypted bytes that arrive before the machine knows TLS is on (FIELD-NOTES:
+        # before start_tls() returns): held until tls_established().
+        self._tls_pending: list[bytes] | None = None
+        # The reply timeout: one lazily re-armed timer per connection rather than an
+        # asyncio.timeout() (an object, a timer handle and a reschedule) per wait.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # ------------------------------------------------------------ protocol side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tls_pending is not None:
+            self._tls_pending.append(data)
+            return
+        m = self.machine
+        m.receive_data(data)
+        if m.has_event():
+            self._wake()
+        else:
+            self.send()  # what a reply made the machine say (a non-pipelined RCPT)
+
+    def eof_received(self) -> bool | None:
+        if self._tls_pending is None:
+            self.machine.receive_data(b"")
+        self._wake()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:  # a reset, not the server's close: the hop failed (see event)
+            self._lost = str(exc) or type(exc).__name__
+        else:
+            self.machine.receive_data(b"")  # no-op after the EOF
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _check_deadline(self) -> None:
         self._timer = None
-        if self._reading is None:
-            return  # idle: the next read arms the timer again
+        w = self._waiter
+        if w is None or w.done():
+            return  # idle: the next wait arms the timer again
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:  # replies came meanwhile: wait for the rest
             self._timer_at = self._deadline
             self._timer = loop.call_at(self._deadline, self._check_deadline)
             return
-        self._timed_out = True
-        self._reading.cancel()
+        w.set_exception(TimeoutError())
 
-    async def _read(self, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        self._deadline = deadline = loop.time() + timeout
-        if self._timer is None or deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = loop.call_at(deadline, self._check_deadline)
-        self._reading = asyncio.current_task()
-        try:
-            return await self.reader.read(CHUNK)
-        except asyncio.CancelledError:
-            if self._timed_out and self._reading is not None:
-                self._timed_out = False
-                self._reading.uncancel()
-                raise TimeoutError() from None
-            raise
-        finally:
-            self._reading = None
-
-    async def flush(self) -> None:
+    # ------------------------------------------------------------ task side
+    def send(self) -> None:
+        """Write what the machine has to say."""
         data = self.machine.data_to_send()
-        if data:
-            self.writer.write(data)
-            # drain() only when the transport holds back a lot: a coroutine per write
-            # costs on the hot path, and a lost connection shows on the next read anyway.
-            if self.writer.transport.get_write_buffer_size() > CHUNK:
-                await self.writer.drain()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport holds back a lot (a large message's chunks)."""
+        if self._paused and self.transport is not None and not self.transport.is_closing():
+            loop = asyncio.get_running_loop()
+            self._drained = loop.create_future()
+            await self._drained
 
     async def event(self) -> cm.Event:
-        """The next event, reading (with the RFC's timeouts) as needed."""
+        """The next event, waiting (with the RFC's timeouts) as needed."""
+        m = self.machine
         while True:
-            ev = self.machine.next_event()
+            ev = m.next_event()
             if ev is not cm.NEED_DATA:
                 assert isinstance(ev, cm.Event)
                 return ev
-            await self.flush()
-            timeout = self.machine.reply_timeout or 300.0
+            self.send()
+            if self._lost is not None:
+                raise HopFailed(f"connection to {self.host}[{self.address}] lost: {self._lost}")
+            timeout = m.reply_timeout or 300.0
             if self.reply_cap is not None:
                 timeout = min(timeout, self.reply_cap)
+            loop = asyncio.get_running_loop()
+            self._deadline = deadline = loop.time() + timeout
+            if self._timer is None or deadline < self._timer_at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = deadline
+                self._timer = loop.call_at(deadline, self._check_deadline)
+            self._waiter = loop.create_future()
             try:
-                data = await self._read(timeout)
+                await self._waiter
             except TimeoutError:
                 raise HopFailed(f"timeout after {timeout:.0f}s waiting for {self.host}[{self.address}]") from None
-            except (ConnectionError, OSError) as e:
-                raise HopFailed(f"connection to {self.host}[{self.address}] lost: {e}") from None
-            self.machine.receive_data(data)
+            finally:
+                self._waiter = None
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._tls_pending = []
+        new = await asyncio.get_running_loop().start_tls(transport, self, context, server_hostname=server_hostname)
+        if new is None:
+            raise ConnectionError("connection closed during the TLS handshake")
+        self.transport = new
+
+    def tls_established(self) -> None:
+        """The machine reads again, first what arrived during the handshake."""
+        pending, self._tls_pending = self._tls_pending or [], None
+        self.machine.tls_established()
+        for chunk in pending:
+            self.machine.receive_data(chunk)
+
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
 
     async def quit(self) -> None:
         with contextlib.suppress(Exception):
             self.machine.quit()
-            await self.flush()
+            self.send()
             async with asyncio.timeout(2):
                 while not isinstance(await self.event(), cm.Closed | cm.ConnectionFailed):
                     pass
@@ -184,7 +255,7 @@ class SMTPDeliverer:
         now = time.monotonic()
         while idle:
             c = idle.pop()
-            if now - c.last_used < self.settings.idle_timeout and not c.writer.is_closing():
+            if now - c.last_used < self.settings.idle_timeout and not c.is_closing():
                 return c
             c.close()
         return None
@@ -219,16 +290,15 @@ class SMTPDeliverer:
     # ------------------------------------------------------------------ connect
     async def _open(self, hop: Hop, address: str, policy: TLSRequirement) -> Connection:
         port = hop.port
+        machine = cm.ClientConnection(self.hostname, want_tls=policy.want_tls)
+        conn = Connection(hop.host, address, port, machine, self.settings.reply_timeout, tls_key=policy.key)
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                reader, writer = await asyncio.open_connection(address, port, limit=CHUNK * 4)
+                await asyncio.get_running_loop().create_connection(lambda: conn, address, port)
         except TimeoutError:
             raise HopFailed(f"connect to {hop.host}[{address}]:{port}: timed out") from None
         except OSError as e:
             raise HopFailed(f"connect to {hop.host}[{address}]:{port}: {e.strerror or e}") from None
-        machine = cm.ClientConnection(self.hostname, want_tls=policy.want_tls)
-        conn = Connection(hop.host, address, port, machine, reader, writer, self.settings.reply_timeout,
-                          tls_key=policy.key)
         failed = TLSPolicyFailed if policy.mandatory else HopFailed
         try:
             while True:
@@ -236,18 +306,19 @@ class SMTPDeliverer:
                 if isinstance(ev, cm.Greeting):
                     continue
                 if isinstance(ev, cm.TLSRequired):
-                    await conn.flush()
+                    conn.send()
                     try:
                         async with asyncio.timeout(self.settings.connect_timeout):
-                            await writer.start_tls(policy.context(), server_hostname=hop.host)
+                            await conn.start_tls(policy.context(), server_hostname=hop.host)
                     except (ssl.SSLError, OSError, TimeoutError) as e:
                         raise failed(f"TLS handshake with {hop.host}[{address}] failed: {e}", machine.transcript) from None
-                    obj = writer.get_extra_info("ssl_object")
+                    assert conn.transport is not None
+                    obj = conn.transport.get_extra_info("ssl_object")
                     conn.tls_problem = policy.check(obj)
                     if conn.tls_problem is not None and policy.mandatory:
                         raise TLSPolicyFailed(f"{hop.host}[{address}]: {conn.tls_problem}", machine.transcript)
                     conn.tls = f"{obj.version()} {obj.cipher()[0]}" if obj is not None else "TLS"
-                    machine.tls_established()
+                    conn.tls_established()
                     continue
                 if isinstance(ev, cm.TLSRefused):
                     if policy.mandatory:
@@ -374,7 +445,7 @@ class SMTPDeliverer:
             ret=entry.ret, envid=entry.envid,
         )
         m.send_envelope(env)
-        await conn.flush()
+        conn.send()
         per: dict[str, RecipientResult] = {}
         accepted: list[str] = []
         mail_reply: Reply | None = None
@@ -394,9 +465,10 @@ class SMTPDeliverer:
                 last = max(len(body) - 1, 0) // CHUNK * CHUNK
                 for i in range(0, last, CHUNK):
                     m.send_content(body[i : i + CHUNK], final=False)
-                    await conn.flush()
+                    conn.send()
+                    await conn.drain()
                 m.send_content(body[last:], final=True)
-                await conn.flush()
+                conn.send()
             elif isinstance(ev, cm.MessageResult):
                 res = _result(ev.reply)  # one verdict for all: built once, not per recipient
                 for a in accepted:

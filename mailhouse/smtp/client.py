@@ -562,11 +562,26 @@ class ClientConnection:
         return out
 
     def next_event(self) -> Event | type[NEED_DATA]:
+        if self._events:
+            return self._events.popleft()
+        if self._terminal is None and not self.has_event():
+            return NEED_DATA
+        if self._events:
+            return self._events.popleft()
+        assert self._terminal is not None
+        return self._terminal
+
+    def has_event(self) -> bool:
+        """Act on the replies received so far; True when next_event() has an event.
+
+        A driver that feeds bytes from a callback asks this to wake the task that
+        pulls events only when there is one (not for a reply that only moves the
+        machine on, like a pipelined MAIL's 250); when False, output the machine
+        produced meanwhile (a non-pipelined RCPT) is in data_to_send().
+        """
         while True:
-            if self._events:
-                return self._events.popleft()
-            if self._terminal is not None:
-                return self._terminal
+            if self._events or self._terminal is not None:
+                return True
             if self._replies:
                 self._handle(self._replies.popleft())
                 continue
@@ -576,7 +591,7 @@ class ClientConnection:
             if self._eof:
                 self._on_eof()
                 continue
-            return NEED_DATA
+            return False
 
     # ---------------------------------------------------------------- actions
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 
@@ -13,6 +12,7 @@ from ..models import (
     Alias,
     Domain,
 )
+from . import jsontext
 from .engine import Engine, _now
 
 
@@ -35,7 +35,7 @@ class DirectoryStore(Engine):
             try:
                 self._domains = {r[0] for r in c.execute("SELECT name FROM domains")}
                 self._accounts = {r[1]: Account(*r) for r in c.execute(self._ACCOUNT_SQL)}
-                self._aliases = {a: Alias(a, json.loads(t)) for a, t in c.execute("SELECT address, targets FROM aliases")}
+                self._aliases = {a: Alias(a, jsontext.loads(t)) for a, t in c.execute("SELECT address, targets FROM aliases")}
             finally:
                 c.execute("COMMIT")
             self._snapshot_version = key
@@ -162,7 +162,7 @@ class DirectoryStore(Engine):
                 raise StoreError(f"alias {address} exists already; remove it first")
             c.execute(
                 "INSERT INTO aliases(address, domain_id, targets, created) VALUES (?, ?, ?, ?)",
-                (address, d[0], json.dumps(targets), _now()),
+                (address, d[0], jsontext.dumps(targets), _now()),
             )
             return Alias(address, list(targets))
 
@@ -180,7 +180,7 @@ class DirectoryStore(Engine):
     async def list_aliases(self) -> list[Alias]:
         return await self._read(
             lambda c: [
-                Alias(a, json.loads(t)) for a, t in c.execute("SELECT address, targets FROM aliases ORDER BY address")
+                Alias(a, jsontext.loads(t)) for a, t in c.execute("SELECT address, targets FROM aliases ORDER BY address")
             ]
         )
 

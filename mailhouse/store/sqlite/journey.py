@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from ..models import (
     JourneyEvent,
 )
+from . import jsontext
 from .engine import Engine, _now
 
 
@@ -19,7 +19,7 @@ class JourneyStore(Engine):
         await self._write(
             lambda c: c.execute(
                 "INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)",
-                (queue_id, message_id, now, kind, json.dumps(data)),
+                (queue_id, message_id, now, kind, jsontext.dumps(data)),
             )
         )
 
@@ -32,7 +32,7 @@ class JourneyStore(Engine):
                 "WHERE queue_id = ? OR message_id = ? ORDER BY time, id",
                 (ident, mid),
             ).fetchall()
-            return [JourneyEvent(q, m, t, k, json.loads(d)) for q, m, t, k, d in rows]
+            return [JourneyEvent(q, m, t, k, jsontext.loads(d)) for q, m, t, k, d in rows]
 
         return await self._read(fn)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from array import array
 from bisect import bisect_left
@@ -30,9 +29,10 @@ from ..models import (
     bits_to_flags,
     flags_to_bits,
 )
+from . import jsontext
 from .blobs import SpoolBlob
 from .engine import _folder_name, _now, _uidvalidity
-from .messages import _PARSE_JSON, MessageStore
+from .messages import MessageStore
 
 T = TypeVar("T")
 
@@ -515,7 +515,7 @@ class MailboxStore(MessageStore):
             ).fetchone()
 
             def column(text: str | None) -> list[int]:
-                return json.loads("[" + text + "]") if text else []
+                return jsontext.loads("[" + text + "]") if text else []
 
             uids = array("I", column(cols[0]))
             flags = bytearray(column(cols[1]))
@@ -676,7 +676,7 @@ class MailboxStore(MessageStore):
                 blob = self.new_blob()
                 blob.write(item.raw)
                 await self._prepare(blob)
-                parse_json = _PARSE_JSON.encode(analyze(item.raw))
+                parse_json = jsontext.dumps(analyze(item.raw))
                 when = item.internal_date if item.internal_date is not None else _now()
                 prepared.append((blob, parse_json, when, item.internal_tz, list(item.flags)))
 
@@ -731,7 +731,7 @@ class MailboxStore(MessageStore):
                 "SELECT data FROM journey WHERE queue_id = ? AND kind = 'read'", (queue_id,)
             ):
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    if json.loads(data).get("account") == account:
+                    if jsontext.loads(data).get("account") == account:
                         return False
             self._insert_events(c, queue_id, message_id, [("read", {"account": account, "protocol": protocol})], now)
             return True

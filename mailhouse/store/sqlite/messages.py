@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,13 +19,9 @@ from ..models import (
     bits_to_flags,
     flags_to_bits,
 )
+from . import jsontext
 from .blobs import SpoolBlob
 from .engine import Engine, _folder_name, _now, insert_rows
-
-# The cached parse as stored: json.dumps(parse, separators=(",", ":")) builds an
-# encoder per call; one made once, without the cycle check (a parse is a tree of
-# plain values), writes the same text for less.
-_PARSE_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 class MessageStore(Engine):
@@ -68,7 +63,7 @@ class MessageStore(Engine):
         return Message(
             id=r[0], folder_id=r[1], uid=r[2], internal_date=r[3], size=r[4],
             flags=bits_to_flags(r[5], r[6]), modseq=r[7], queue_id=r[8], message_id=r[9],
-            parse=json.loads(r[10]), blob_id=r[11], internal_tz=r[12],
+            parse=jsontext.loads(r[10]), blob_id=r[11], internal_tz=r[12],
         )
 
     async def list_messages(self, folder_id: int) -> list[Message]:
@@ -146,7 +141,7 @@ class MessageStore(Engine):
     ) -> None:
         c.executemany(
             "INSERT INTO journey(queue_id, message_id, time, kind, data) VALUES (?,?,?,?,?)",
-            [(queue_id, message_id, now, k, json.dumps(d)) for k, d in events],
+            [(queue_id, message_id, now, k, jsontext.dumps(d)) for k, d in events],
         )
 
     async def _prepare(self, blob: BlobWriter) -> SpoolBlob:
@@ -198,13 +193,13 @@ class MessageStore(Engine):
             if inc.remote:
                 self._insert_queue_entry(c, inc, n, now)
             qid, mid = inc.queue_id, inc.message_id
-            journey_rows += [(qid, mid, now, k, json.dumps(d)) for k, d in inc.events]
+            journey_rows += [(qid, mid, now, k, jsontext.dumps(d)) for k, d in inc.events]
             journey_rows += [
-                (qid, mid, now, "delivered", json.dumps({"account": d.address, "folder": d.folder, "uid": d.uid}))
+                (qid, mid, now, "delivered", jsontext.dumps({"account": d.address, "folder": d.folder, "uid": d.uid}))
                 for d in delivered
             ]
             if inc.remote:
-                journey_rows.append((qid, mid, now, "queued", json.dumps({"recipients": [r.address for r in inc.remote]})))
+                journey_rows.append((qid, mid, now, "queued", jsontext.dumps({"recipients": [r.address for r in inc.remote]})))
             out.append(delivered)
         c.executemany(
             "UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?",
@@ -223,7 +218,7 @@ class MessageStore(Engine):
     async def deliver(self, blob: BlobWriter, incoming: Incoming) -> list[Delivered]:
         assert isinstance(blob, SpoolBlob)
         sb = await self._prepare(blob) if blob.spooled else blob  # no coroutine for an inline body
-        parse_json = _PARSE_JSON.encode(incoming.parse)
+        parse_json = jsontext.dumps(incoming.parse)
         try:
             out = await self._write(
                 lambda c: self._deliver_tx(c, sb, incoming, parse_json),
@@ -250,7 +245,7 @@ class MessageStore(Engine):
         blob = self.new_blob()
         blob.write(raw)
         await self._prepare(blob)
-        parse_json = _PARSE_JSON.encode(parse if parse is not None else analyze(raw))
+        parse_json = jsontext.dumps(parse if parse is not None else analyze(raw))
         when = internal_date if internal_date is not None else _now()
         flag_list = list(flags)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from typing import Any
@@ -14,8 +13,9 @@ from ..models import (
     QueueEntry,
     QueueRecipient,
 )
+from . import jsontext
 from .engine import _now, chunks, in_list, values_table
-from .messages import _PARSE_JSON, MessageStore
+from .messages import MessageStore
 
 _PREFETCH_LOCK = threading.Lock()
 
@@ -168,7 +168,7 @@ class QueueStore(MessageStore):
         outcome: AttemptOutcome,
         notices: list[tuple[BlobWriter, Incoming]],
     ) -> bool:
-        prepared = [(await self._prepare(b), inc, _PARSE_JSON.encode(inc.parse)) for b, inc in notices]
+        prepared = [(await self._prepare(b), inc, jsontext.dumps(inc.parse)) for b, inc in notices]
         now = _now()
 
         def fn(c: sqlite3.Connection) -> bool:
@@ -210,7 +210,7 @@ class QueueStore(MessageStore):
                 return await self._write(fn, directory=False)
             # The common case joins the other attempts finished meanwhile: a few
             # set-wise statements for the whole group commit (see _finish_many).
-            encoded = [(kind, json.dumps(data)) for kind, data in outcome.events]
+            encoded = [(kind, jsontext.dumps(data)) for kind, data in outcome.events]
             return await self._write(fn, directory=False, many=self._finish_many,
                                      item=(queue_id, outcome, now, encoded))
         finally:
@@ -313,7 +313,7 @@ class QueueStore(MessageStore):
 
 
 
-_REMOVED = json.dumps({"reason": "no recipient left pending"})
+_REMOVED = jsontext.dumps({"reason": "no recipient left pending"})
 
 
 def _share(part: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:

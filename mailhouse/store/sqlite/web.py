@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -14,6 +13,7 @@ from ..models import (
     MessageQuery,
     bits_to_flags,
 )
+from . import jsontext
 from .engine import _now
 from .messages import MessageStore
 
@@ -31,7 +31,7 @@ class WebStore(MessageStore):
 
     @classmethod
     def _summary_message(cls, r: tuple[Any, ...]) -> Message:
-        values = json.loads(r[10]) if r[10] else []
+        values = jsontext.loads(r[10]) if r[10] else []
         return Message(
             id=r[0], folder_id=r[1], uid=r[2], internal_date=r[3], size=r[4],
             flags=bits_to_flags(r[5], r[6]), modseq=r[7], queue_id=r[8], message_id=r[9],
