@@ -338,6 +338,10 @@ def _reply_lines(reply: Reply) -> list[str]:
     """
     lines = reply.lines or [""]
     last = len(lines) - 1
+    if not last:  # nearly every reply: one line, no generator
+        enhanced, line = reply.enhanced, lines[0]
+        body = f"{enhanced} {line}" if enhanced and line else enhanced or line
+        return [f"{reply.code} {body}" if body else str(reply.code)]
     out: list[str] = []
     for i, line in enumerate(lines):
         body = " ".join(part for part in (reply.enhanced, line) if part)
@@ -392,14 +396,6 @@ def _orcpt_param(orcpt: str, *, utf8_session: bool) -> str:
     return f"{addr_type};{xtext_encode(addr)}"
 
 
-def _sanitize(line: str) -> str:
-    # Server text ends up in logs and the web UI: no terminal escapes. Nearly every
-    # line is printable (which excludes every control character): skip the regex.
-    if line.isprintable():
-        return line
-    return _CONTROL_RE.sub("?", line)
-
-
 class _Transcript:
     """A bounded record of the dialogue: head, omitted count, tail."""
 
@@ -412,7 +408,10 @@ class _Transcript:
         self._omitted = 0
 
     def add(self, direction: str, line: str) -> None:
-        line = _sanitize(line)
+        # Server text ends up in logs and the web UI: no terminal escapes. Nearly every
+        # line is printable (which excludes every control character): skip the regex.
+        if not line.isprintable():
+            line = _CONTROL_RE.sub("?", line)
         if len(line) > _TRANSCRIPT_LINE_MAX:
             line = (
                 f"{line[:_TRANSCRIPT_LINE_MAX]}...[{len(line) - _TRANSCRIPT_LINE_MAX} more chars]"

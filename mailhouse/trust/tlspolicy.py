@@ -261,7 +261,7 @@ class RouteTLS:
             return self._req(hop, "mta-sts", floor, mode="testing", note=how, mx_listed=listed)
         if dane_unusable:
             return self._req(hop, "dane", "require", note=unusable_note)
-        return self._req(hop, "opportunistic", "opportunistic")
+        return self.engine.opportunistic(hop.host)
 
 
 class OutboundTLS:
@@ -280,7 +280,17 @@ class OutboundTLS:
         self.resolver = resolver
         self.mta_sts = mta_sts
         self.use_dane = use_dane
+        self._plain: dict[str, TLSRequirement] = {}
         self.contexts = Contexts(ca_file)
+
+    def opportunistic(self, host: str) -> TLSRequirement:
+        """The requirement of nearly every hop, made once per host (it is frozen)."""
+        req = self._plain.get(host)
+        if req is None:
+            if len(self._plain) >= 4096:
+                self._plain.clear()
+            req = self._plain[host] = TLSRequirement("opportunistic", "opportunistic", host, self.contexts)
+        return req
 
     async def for_route(self, route: Route) -> RouteTLS:
         override = self.overrides.get(route.domain)
