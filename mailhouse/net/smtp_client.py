@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -88,6 +88,10 @@ class Connection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        # Transactions whose next one was started behind their dot (hand_off), oldest
+        # first: each gets its end-of-data reply, or why none came (a str).
+        self._finishers: deque[asyncio.Future[Reply | str]] = deque()
+        self._stash: deque[cm.Event] = deque()  # events _dispatch pulled for the task using it
 
     # ------------------------------------------------------------ protocol side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,7 +104,9 @@ class Connection(asyncio.Protocol):
             return
         m = self.machine
         m.receive_data(data)
-        if m.has_event():
+        if self._waiter is None and self._finishers:
+            self._dispatch()  # no task is reading: an end-of-data reply is for a finisher
+        elif m.has_event():
             self._wake()
         else:
             self.send()  # what a reply made the machine say (a non-pipelined RCPT)
@@ -108,15 +114,16 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self._tls_pending is None:
             self.machine.receive_data(b"")
-        self._wake()
+        self._wake_or_dispatch()
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:  # a reset, not the server's close: the hop failed (see event)
             self._lost = str(exc) or type(exc).__name__
+            self._fail_finishers(f"connection lost: {self._lost}")
         else:
             self.machine.receive_data(b"")  # no-op after the EOF
-        self._wake()
+        self._wake_or_dispatch()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -133,17 +140,102 @@ class Connection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
+    def _wake_or_dispatch(self) -> None:
+        if self._waiter is None and self._finishers:
+            self._dispatch()
+        else:
+            self._wake()
+
     def _check_deadline(self) -> None:
         self._timer = None
         w = self._waiter
-        if w is None or w.done():
+        waiting = w is not None and not w.done()
+        if not waiting and not self._finishers:
             return  # idle: the next wait arms the timer again
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:  # replies came meanwhile: wait for the rest
-            self._timer_at = self._deadline
-            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            self._arm(self._deadline)
             return
-        w.set_exception(TimeoutError())
+        if waiting:
+            assert w is not None
+            w.set_exception(TimeoutError())
+        else:  # only finishers wait, and their reply is overdue
+            self._fail_finishers("timeout waiting for the reply to the end of data")
+            self.close()
+
+    def _arm(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._check_deadline)
+
+    # ------------------------------------------------------------ transactions behind a dot
+    @property
+    def busy(self) -> bool:
+        """A transaction on it still waits for its end-of-data reply."""
+        return bool(self._finishers)
+
+    def finishing(self) -> list[asyncio.Future[Reply | str]]:
+        return list(self._finishers)
+
+    def usable(self) -> bool:
+        """A new transaction may start on it now (Ready, or behind a dot)."""
+        m = self.machine
+        return not self.is_closing() and (m.ready or m.can_start_next())
+
+    def hand_off(self) -> asyncio.Future[Reply | str]:
+        """The current transaction's content is in the machine and the next may start
+        behind it: the future gets its end-of-data reply, or why none came. Whoever
+        reads the connection meanwhile (the next transaction's task, or the protocol
+        when nobody does) passes the reply on."""
+        fut: asyncio.Future[Reply | str] = asyncio.get_running_loop().create_future()
+        self._finishers.append(fut)
+        timeout = self.machine.reply_timeout or 600.0
+        if self.reply_cap is not None:
+            timeout = min(timeout, self.reply_cap)
+        self._arm(asyncio.get_running_loop().time() + timeout)
+        return fut
+
+    def _route(self, ev: cm.Event) -> bool:
+        """With finishers waiting: True when the event was the oldest one's reply.
+        Replies come in order, so a MessageResult is theirs before any of the
+        transaction started behind them."""
+        if type(ev) is cm.MessageResult:
+            f = self._finishers.popleft()
+            if not f.done():
+                f.set_result(ev.reply)
+            return True
+        if isinstance(ev, cm.ConnectionFailed):
+            reply = _reply_text(ev.reply)
+            self._fail_finishers(f"{ev.reason} {reply}".strip())
+        elif isinstance(ev, cm.Closed):
+            self._fail_finishers("connection closed")
+        return False
+
+    def _dispatch(self) -> None:
+        """Pass end-of-data replies on while no task reads the connection."""
+        m = self.machine
+        while self._finishers:
+            ev = m.next_event()
+            if ev is cm.NEED_DATA:
+                self.send()
+                return
+            assert isinstance(ev, cm.Event)
+            if self._route(ev):
+                continue
+            if isinstance(ev, cm.Ready):
+                continue  # nobody uses the connection; the next action drops it anyway
+            if not isinstance(ev, cm.ConnectionFailed | cm.Closed):  # terminal: stays in the machine
+                self._stash.append(ev)
+            return
+
+    def _fail_finishers(self, reason: str) -> None:
+        while self._finishers:
+            f = self._finishers.popleft()
+            if not f.done():
+                f.set_result(reason)
 
     # ------------------------------------------------------------ task side
     def send(self) -> None:
@@ -163,9 +255,13 @@ class Connection(asyncio.Protocol):
         """The next event, waiting (with the RFC's timeouts) as needed."""
         m = self.machine
         while True:
+            if self._stash:
+                return self._stash.popleft()
             ev = m.next_event()
             if ev is not cm.NEED_DATA:
                 assert isinstance(ev, cm.Event)
+                if self._finishers and self._route(ev):
+                    continue
                 return ev
             self.send()
             if self._lost is not None:
@@ -174,12 +270,7 @@ class Connection(asyncio.Protocol):
             if self.reply_cap is not None:
                 timeout = min(timeout, self.reply_cap)
             loop = asyncio.get_running_loop()
-            self._deadline = deadline = loop.time() + timeout
-            if self._timer is None or deadline < self._timer_at:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer_at = deadline
-                self._timer = loop.call_at(deadline, self._check_deadline)
+            self._arm(loop.time() + timeout)
             self._waiter = loop.create_future()
             try:
                 await self._waiter
@@ -208,6 +299,7 @@ class Connection(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing()
 
     def close(self) -> None:
+        self._fail_finishers("connection closed before the reply to the end of data")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -229,6 +321,30 @@ class Connection(asyncio.Protocol):
 class TransactionOutcome:
     per_recipient: dict[str, RecipientResult]
     transcript: list[tuple[str, str]]
+
+
+@dataclass
+class _Handed:
+    """A transaction whose content is sent and whose connection went on to the next
+    one before the reply to its end of data: the outcome once that reply is in."""
+
+    reply: asyncio.Future[Reply | str]
+    per: dict[str, RecipientResult]
+    accepted: list[str]
+    record: cm.Transcript
+    conn: Connection
+
+    async def wait(self) -> TransactionOutcome:
+        result = await self.reply
+        if isinstance(result, Reply):
+            res = _result(result)
+            for a in self.accepted:
+                self.per[a] = res
+        else:  # the connection failed first: whether the message was taken is unknown
+            text = f"{self.conn.host}[{self.conn.address}] {result}"
+            for a in self.accepted:
+                self.per.setdefault(a, RecipientResult("deferred", text, "4.4.2"))
+        return TransactionOutcome(self.per, self.record.lines())
 
 
 class SMTPDeliverer:
@@ -253,12 +369,21 @@ class SMTPDeliverer:
     def _take_idle(self, address: str, port: int) -> Connection | None:
         idle = self._idle.get((address, port))
         now = time.monotonic()
+        found = None
+        busy = []
         while idle:
             c = idle.pop()
-            if now - c.last_used < self.settings.idle_timeout and not c.is_closing():
-                return c
-            c.close()
-        return None
+            if c.usable() and (c.busy or now - c.last_used < self.settings.idle_timeout):
+                found = c
+                break
+            if c.busy:
+                busy.append(c)  # an end-of-data reply is still to come: not closed under it
+            else:
+                c.close()
+        if busy:
+            assert idle is not None
+            idle.extend(reversed(busy))
+        return found
 
     def _put_idle(self, conn: Connection) -> None:
         conn.last_used = time.monotonic()
@@ -273,13 +398,18 @@ class SMTPDeliverer:
             for key, conns in list(self._idle.items()):
                 keep = []
                 for c in conns:
-                    if now - c.last_used >= self.settings.idle_timeout:
+                    if now - c.last_used >= self.settings.idle_timeout and not c.busy:
                         await c.quit()
                     else:
                         keep.append(c)
                 self._idle[key] = keep
 
     async def close(self) -> None:
+        # Replies still due to transactions handed off (their messages may be taken):
+        # a little time for them before the connections go.
+        due = [f for conns in self._idle.values() for c in conns for f in c.finishing()]
+        if due:
+            await asyncio.wait(due, timeout=5.0)
         for conns in self._idle.values():
             for c in conns:
                 await c.quit()
@@ -368,7 +498,11 @@ class SMTPDeliverer:
                     try:
                         conn = self._take_idle(address, hop.port)
                         if conn is not None and conn.tls_key != policy.key:
-                            await conn.quit()  # opened under another TLS requirement, maybe a weaker one
+                            # Opened under another TLS requirement, maybe a weaker one.
+                            if conn.busy:
+                                self._put_idle(conn)  # its last reply is still to come
+                            else:
+                                await conn.quit()
                             conn = None
                         event["reused_connection"] = conn is not None
                         outcome = None
@@ -388,6 +522,16 @@ class SMTPDeliverer:
                         att.events.append(("attempt", event))
                         logger.info("%s: %s", entry.id, e)
                         continue
+                if isinstance(outcome, _Handed):
+                    # The release above woke the next transaction waiting for this hop;
+                    # it runs in the next loop turn, takes a connection from the pool and
+                    # writes its MAIL, RCPT and DATA behind the dot, in one write. The
+                    # write here is for a connection nobody took: one turn later still,
+                    # as transactions ending together wake theirs together, and each
+                    # takes the connection put back last, not the one its waker left.
+                    loop = asyncio.get_running_loop()
+                    loop.call_soon(loop.call_soon, conn.send)
+                    outcome = await outcome.wait()
                 att.remote_mta = hop.host
                 att.dsn_passed_on = conn.machine.offers("DSN")
                 for r in recipients:
@@ -411,7 +555,7 @@ class SMTPDeliverer:
     async def _transaction(
         self, conn: Connection, entry: QueueEntry, recipients: list[QueueRecipient], body: bytes,
         *, reused: bool = False,
-    ) -> TransactionOutcome:
+    ) -> TransactionOutcome | _Handed:
         try:
             return await self._transaction_on(conn, entry, recipients, body, reused)
         except HopFailed:
@@ -422,7 +566,7 @@ class SMTPDeliverer:
 
     async def _transaction_on(
         self, conn: Connection, entry: QueueEntry, recipients: list[QueueRecipient], body: bytes, reused: bool
-    ) -> TransactionOutcome:
+    ) -> TransactionOutcome | _Handed:
         m = conn.machine
         # A fresh connection's journey shows its whole dialogue, greeting and TLS included;
         # a reused one's only this transaction. (A mark into the bounded transcript was
@@ -468,6 +612,13 @@ class SMTPDeliverer:
                     conn.send()
                     await conn.drain()
                 m.send_content(body[last:], final=True)
+                if m.can_start_next():
+                    # The next message for this hop may start behind the dot: the
+                    # connection goes back now, its output not yet written (see deliver).
+                    conn.messages += 1
+                    handed = _Handed(conn.hand_off(), per, accepted, m.transcript_record(), conn)
+                    self._put_idle(conn)
+                    return handed
                 conn.send()
             elif isinstance(ev, cm.MessageResult):
                 res = _result(ev.reply)  # one verdict for all: built once, not per recipient

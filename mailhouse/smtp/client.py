@@ -74,6 +74,7 @@ __all__ = [
     "TLSRefused",
     "TLSRequired",
     "TransactionFailed",
+    "Transcript",
 ]
 
 
@@ -304,6 +305,9 @@ _EHLO_FALLBACK_MIN: Final = 500
 class _Expect:
     kind: _Kind
     index: int = -1  # recipient index for RCPT
+    # DATA_END: its transaction, which may no longer be the current one when the
+    # reply comes (the next one was started behind it: see can_start_next).
+    txn: _Txn | None = None
 
 
 @dataclass(slots=True)
@@ -324,6 +328,7 @@ class _Txn:
     ends_crlf: bool = True  # BDAT: what was sent so far ends a line
     stuffer: DotStuffer = field(default_factory=DotStuffer)
     norm: LineEndingNormalizer = field(default_factory=LineEndingNormalizer)
+    transcript: Transcript | None = None  # the record its end-of-data reply goes to
 
 
 def _reply(code: int, enhanced: str, text: str) -> Reply:
@@ -396,7 +401,7 @@ def _orcpt_param(orcpt: str, *, utf8_session: bool) -> str:
     return f"{addr_type};{xtext_encode(addr)}"
 
 
-class _Transcript:
+class Transcript:
     """A bounded record of the dialogue: head, omitted count, tail."""
 
     __slots__ = ("_head", "_head_chars", "_omitted", "_tail")
@@ -470,7 +475,7 @@ class ClientConnection:
         self._tls_tried = False
         self._authenticated = False
         self._txn: _Txn | None = None
-        self._transcript = _Transcript()
+        self._transcript = Transcript()
 
     # ------------------------------------------------------------------ props
 
@@ -531,10 +536,16 @@ class ClientConnection:
         """
         return self._transcript.lines()
 
+    def transcript_record(self) -> Transcript:
+        """The record being written: a transaction whose successor was started
+        (can_start_next) keeps it, and its end-of-data reply still goes there
+        after restart_transcript(). ``lines()`` gives what ``transcript`` would."""
+        return self._transcript
+
     def restart_transcript(self) -> None:
         """Forget the dialogue so far: the next transaction on a reused session gets
         a record of its own, with the whole size budget (head and tail) for itself."""
-        self._transcript = _Transcript()
+        self._transcript = Transcript()
 
     # -------------------------------------------------------------- plumbing
 
@@ -664,13 +675,36 @@ class ClientConnection:
         self._state = _State.CLOSING
         self._send_command("QUIT", _Expect(_Kind.QUIT))
 
+    def can_start_next(self) -> bool:
+        """True when send_envelope() may start the next transaction now, before the
+        reply to the last one's end of data: the server offered PIPELINING, and
+        that reply is all the machine waits for. RFC 2920 §3.1 lets message content
+        begin a group, so the dot and the next MAIL, RCPTs and DATA travel in one
+        write. Not after BDAT: a refused BDAT LAST needs an RSET."""
+        txn = self._txn
+        return (
+            self._terminal is None
+            and self._state is _State.BUSY
+            and txn is not None
+            and txn.final_sent
+            and txn.pipelining
+            and not txn.use_bdat
+            and not txn.failed
+            and len(self._expect) == 1
+            and self._expect[0].kind is _Kind.DATA_END
+        )
+
     def send_envelope(self, env: Envelope) -> None:
         """Start a transaction: MAIL, RCPTs (and DATA), pipelined when offered.
 
+        Allowed when Ready, or when can_start_next(): the last transaction's
+        MessageResult then comes before any event of this one.
         Raises ValueError for malformed DSN values; invalid addresses and
         envelopes this server cannot take are refused locally with events.
         """
-        if not self._begin_action():
+        if self._terminal is not None:
+            return
+        if not self.can_start_next() and not self._begin_action():
             return
         if not env.recipients:
             raise ValueError("envelope without recipients")
@@ -690,6 +724,7 @@ class ClientConnection:
             # then faster and always available.
             use_bdat=self.chunking and "CHUNKING" in ext and "PIPELINING" in ext,
             utf8=env.smtputf8,
+            transcript=self._transcript,
         )
         self._txn = txn
 
@@ -791,7 +826,7 @@ class ClientConnection:
                 self._out += txn.stuffer.finish()
                 self._transcript.add("C", f"<message content: {txn.content_bytes} bytes>")
                 self._transcript.add("C", ".")
-                self._expect.append(_Expect(_Kind.DATA_END))
+                self._expect.append(_Expect(_Kind.DATA_END, txn=txn))
         if final:
             txn.final_sent = True
             self._state = _State.BUSY
@@ -916,8 +951,13 @@ class ClientConnection:
     # ------------------------------------------------------------- replies
 
     def _handle(self, reply: Reply) -> None:
+        record = self._transcript
+        if self._expect:
+            owner = self._expect[0].txn
+            if owner is not None and owner.transcript is not None:
+                record = owner.transcript  # an earlier transaction's end-of-data reply
         for line in _reply_lines(reply):
-            self._transcript.add("S", line)
+            record.add("S", line)
         if not self._expect:
             if reply.code == 421:
                 self._fail("server closing the connection", reply)
@@ -954,7 +994,7 @@ class ClientConnection:
             else:
                 self._fail(f"{kind.name} refused: {_format_reply_short(reply)}", reply)
         else:
-            txn = self._txn
+            txn = expect.txn or self._txn
             assert txn is not None
             self._on_txn_reply(txn, expect, reply)
             if self._terminal is None:

@@ -313,6 +313,84 @@ def test_pipelined_transaction_byte_exact_with_transcript() -> None:
     ]
 
 
+def test_next_transaction_starts_behind_the_dot() -> None:
+    """RFC 2920 §3.1: content may begin a group, so the next MAIL, RCPT and DATA
+    go in the same write as the dot; replies are matched in order, and the first
+    transaction's end-of-data reply lands in its own transcript."""
+    conn = connect()
+    conn.send_envelope(env("bob@hamburger.edu"))
+    conn.data_to_send()
+    feed(conn, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+    assert not conn.can_start_next()
+    conn.send_content(b"one\r\n", final=True)
+    assert conn.can_start_next()
+    first = conn.transcript_record()
+    conn.restart_transcript()
+    conn.send_envelope(env("carol@hamburger.edu"))
+    assert not conn.can_start_next()
+    assert conn.data_to_send() == (
+        b"one\r\n.\r\nMAIL FROM:<alice@crepes.fr> SIZE=1234\r\nRCPT TO:<carol@hamburger.edu>\r\nDATA\r\n"
+    )
+    events = feed(conn, b"250 2.0.0 queued as A\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+    # No Ready between the two: the second transaction is under way.
+    assert kinds(events) == ["MessageResult", "RecipientResult", "ReadyForContent"]
+    assert isinstance(events[0], MessageResult) and events[0].reply.text == "queued as A"
+    conn.send_content(b"two\r\n", final=True)
+    assert conn.data_to_send() == b"two\r\n.\r\n"
+    events = feed(conn, b"250 2.0.0 queued as B\r\n")
+    assert kinds(events) == ["MessageResult", "Ready"]
+    assert first.lines()[-3:] == [
+        ("C", "<message content: 5 bytes>"), ("C", "."), ("S", "250 2.0.0 queued as A"),
+    ]
+    assert conn.transcript == [
+        ("C", "MAIL FROM:<alice@crepes.fr> SIZE=1234"), ("C", "RCPT TO:<carol@hamburger.edu>"), ("C", "DATA"),
+        ("S", "250 2.1.0 Ok"), ("S", "250 2.1.5 Ok"), ("S", "354 Go"),
+        ("C", "<message content: 5 bytes>"), ("C", "."), ("S", "250 2.0.0 queued as B"),
+    ]
+
+
+def test_next_transaction_behind_the_dot_when_the_first_fails() -> None:
+    conn = connect()
+    conn.send_envelope(env("bob@hamburger.edu"))
+    conn.data_to_send()
+    feed(conn, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+    conn.send_content(b"one\r\n", final=True)
+    conn.send_envelope(env("carol@hamburger.edu"))
+    conn.data_to_send()
+    # A refused message does not disturb the next transaction (no RSET after a dot).
+    events = feed(conn, b"554 5.7.1 no thanks\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+    assert kinds(events) == ["MessageResult", "RecipientResult", "ReadyForContent"]
+    assert isinstance(events[0], MessageResult) and events[0].reply.code == 554
+    assert conn.data_to_send() == b""
+    # A 421 instead fails the session, and with it the transaction behind.
+    conn.send_content(b"two\r\n", final=True)
+    conn.send_envelope(env("dave@hamburger.edu"))
+    conn.data_to_send()
+    events = feed(conn, b"421 4.3.0 going down\r\n")
+    assert kinds(events) == ["ConnectionFailed"]
+
+
+def test_no_next_transaction_behind_the_dot_without_pipelining_or_after_bdat() -> None:
+    conn = connect(EHLO_PLAIN)
+    conn.send_envelope(env("bob@hamburger.edu"))
+    conn.data_to_send()
+    feed(conn, b"250 Ok\r\n")
+    conn.data_to_send()
+    feed(conn, b"250 Ok\r\n")
+    conn.data_to_send()
+    feed(conn, b"354 Go\r\n")
+    conn.send_content(b"one\r\n", final=True)
+    assert not conn.can_start_next()
+    with pytest.raises(StateError):
+        conn.send_envelope(env("carol@hamburger.edu"))
+    conn = connect(EHLO_FULL.replace(b"250 DSN", b"250-DSN\r\n250 CHUNKING"))
+    conn.send_envelope(env("bob@hamburger.edu"))
+    conn.data_to_send()
+    feed(conn, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+    conn.send_content(b"one\r\n", final=True)
+    assert not conn.can_start_next()
+
+
 def test_without_pipelining_one_command_at_a_time() -> None:
     conn = connect(b"250-hamburger.edu\r\n250 SIZE\r\n")
     conn.send_envelope(env("bob@hamburger.edu", "carol@hamburger.edu", sender=""))
