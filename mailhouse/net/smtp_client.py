@@ -14,6 +14,7 @@ import contextlib
 import ssl
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -470,7 +471,8 @@ class SMTPDeliverer:
 
     # ------------------------------------------------------------------ deliver
     async def deliver(
-        self, route: Route, entry: QueueEntry, recipients: list[QueueRecipient], source: bytes | str
+        self, route: Route, entry: QueueEntry, recipients: list[QueueRecipient], source: bytes | str,
+        on_sent: Callable[[], None] | None = None,
     ) -> DomainAttempt:
         route_tls = await self.tls.for_route(route)
         att = DomainAttempt()
@@ -531,6 +533,8 @@ class SMTPDeliverer:
                     # takes the connection put back last, not the one its waker left.
                     loop = asyncio.get_running_loop()
                     loop.call_soon(loop.call_soon, conn.send)
+                    if on_sent is not None:
+                        on_sent()
                     outcome = await outcome.wait()
                 att.remote_mta = hop.host
                 att.dsn_passed_on = conn.machine.offers("DSN")

@@ -62,8 +62,13 @@ class Deliverer(Protocol):
     """Sends one message to one domain's recipients over SMTP (mailhouse.net.smtp_client)."""
 
     async def deliver(
-        self, route: Route, entry: QueueEntry, recipients: list[QueueRecipient], source: bytes | str
-    ) -> DomainAttempt: ...
+        self, route: Route, entry: QueueEntry, recipients: list[QueueRecipient], source: bytes | str,
+        on_sent: Callable[[], None] | None = None,
+    ) -> DomainAttempt:
+        """``on_sent``, when given, is called once the message is sent and its
+        connection has gone on to the next one before the final reply came back:
+        the entry no longer holds a connection slot (see QueueManager._sending)."""
+        ...
 
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -248,7 +253,7 @@ class QueueManager:
                 # The common case: no gather (a task per domain) for one domain.
                 ((d, rs),) = by_domain.items()
                 try:
-                    attempts = [await self._domain(entry, d, rs, source)]
+                    attempts = [await self._domain(entry, d, rs, source, lambda: self._sent(entry))]
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
@@ -275,7 +280,8 @@ class QueueManager:
         await self._conclude(entry, pending, results, remote_mta, passed_on, events, source, now)
 
     async def _domain(
-        self, entry: QueueEntry, domain: str, rcpts: list[QueueRecipient], source: bytes | str
+        self, entry: QueueEntry, domain: str, rcpts: list[QueueRecipient], source: bytes | str,
+        on_sent: Callable[[], None] | None = None,
     ) -> DomainAttempt:
         route = await self._route(domain)
         if route.error is not None or not route.hops:
@@ -287,7 +293,7 @@ class QueueManager:
             att.events.append(("attempt", {"domain": domain, "route": route.describe(), "outcome": state, "error": reply,
                                            "recipients": [r.address for r in rcpts]}))
             return att
-        return await self.deliverer.deliver(route, entry, rcpts, source)
+        return await self.deliverer.deliver(route, entry, rcpts, source, on_sent)
 
     async def _route(self, domain: str) -> Route:
         # A configured route to an IP address is static: routing it once every few
