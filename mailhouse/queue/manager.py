@@ -38,9 +38,9 @@ MAX_RECEIVED = 50
 # 25-35 ms for its commit, so when those counted against max_parallel, half the
 # slots held entries that were done with the network. Since messages are sent
 # behind the previous one's dot, entries also wait for that final reply outside
-# their slot: with 2 here the bound was reached (sampled: 75 of 100 taken on
-# average per worker, often all), and 4 drained 2,213 and 2,215 msg/s against
-# 2,118 and 2,093 with 2 (two workers, runs alternated).
+# their slot: with 2 here the bound came close (sampled every 10 ms: 75 of 100
+# taken on average per worker; one process reached its 200), and 4 drained 2,213
+# and 2,215 msg/s against 2,118 and 2,093 with 2 (two workers, runs alternated).
 MAX_COMMITTING = 4
 ROUTE_CACHE_SECONDS = 5.0
 
