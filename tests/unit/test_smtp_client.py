@@ -370,6 +370,24 @@ def test_next_transaction_behind_the_dot_when_the_first_fails() -> None:
     assert kinds(events) == ["ConnectionFailed"]
 
 
+def test_next_transaction_refused_locally_behind_the_dot() -> None:
+    """A next envelope this server cannot take (SMTPUTF8 not offered) is refused
+    without a byte sent; the first message's reply still reaches it in order."""
+    conn = connect(EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""))
+    conn.send_envelope(env("bob@hamburger.edu"))
+    conn.data_to_send()
+    feed(conn, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+    conn.send_content(b"one\r\n", final=True)
+    conn.send_envelope(env("j\u00f6rg@hamburger.edu"))
+    assert kinds(drain(conn)) == ["TransactionFailed", "Ready"]
+    assert conn.data_to_send() == b"one\r\n.\r\n"
+    events = feed(conn, b"250 2.0.0 queued as A\r\n")
+    assert kinds(events)[0] == "MessageResult"
+    # The connection is usable again, and the next transaction goes as usual.
+    conn.send_envelope(env("carol@hamburger.edu"))
+    assert conn.data_to_send().startswith(b"MAIL FROM:<alice@crepes.fr>")
+
+
 def test_no_next_transaction_behind_the_dot_without_pipelining_or_after_bdat() -> None:
     conn = connect(EHLO_PLAIN)
     conn.send_envelope(env("bob@hamburger.edu"))
