@@ -164,6 +164,11 @@ class Connection(asyncio.Protocol):
             self._fail_finishers("timeout waiting for the reply to the end of data")
             self.close()
 
+    def _timeout(self) -> float:
+        """The wait for the reply the machine expects next (RFC 5321 §4.5.3.2), capped."""
+        timeout = self.machine.reply_timeout or 300.0
+        return timeout if self.reply_cap is None else min(timeout, self.reply_cap)
+
     def _arm(self, deadline: float) -> None:
         self._deadline = deadline
         if self._timer is None or deadline < self._timer_at:
@@ -193,10 +198,7 @@ class Connection(asyncio.Protocol):
         when nobody does) passes the reply on."""
         fut: asyncio.Future[Reply | str] = asyncio.get_running_loop().create_future()
         self._finishers.append(fut)
-        timeout = self.machine.reply_timeout or 600.0
-        if self.reply_cap is not None:
-            timeout = min(timeout, self.reply_cap)
-        self._arm(asyncio.get_running_loop().time() + timeout)
+        self._arm(asyncio.get_running_loop().time() + self._timeout())
         return fut
 
     def _route(self, ev: cm.Event) -> bool:
@@ -267,9 +269,7 @@ class Connection(asyncio.Protocol):
             self.send()
             if self._lost is not None:
                 raise HopFailed(f"connection to {self.host}[{self.address}] lost: {self._lost}")
-            timeout = m.reply_timeout or 300.0
-            if self.reply_cap is not None:
-                timeout = min(timeout, self.reply_cap)
+            timeout = self._timeout()
             loop = asyncio.get_running_loop()
             self._arm(loop.time() + timeout)
             self._waiter = loop.create_future()
