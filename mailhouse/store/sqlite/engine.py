@@ -242,9 +242,7 @@ class Engine:
                 break
             batch = [job for jobs in handed for job in jobs]
             with self._write_lock():
-                results, orphans, dropped = self._run_batch(conn, batch)
-            if dropped:
-                self._blobs_dropped()
+                results, orphans = self._run_batch(conn, batch)
             self._committed.put(_Committed(results, [path for _, path in orphans if path],
                                            any(j.durable for j in batch)))
         self._committed.put(None)
@@ -311,11 +309,6 @@ class Engine:
                 return
         os.fdatasync(fd)
 
-    def _blobs_dropped(self) -> None:
-        """On the writer thread, once a commit that deleted blob rows is done and
-        before its callers are woken (see QueueStore). The rows are not named:
-        their ids are never given out again."""
-
     def _unlink(self, paths: list[str]) -> None:
         for path in paths:
             with contextlib.suppress(OSError):
@@ -323,11 +316,10 @@ class Engine:
 
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[_Job]
-    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[int, str | None]], bool]:
+    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[tuple[int, str | None]]]:
         """All jobs in one transaction; if one fails, each again in its own, so a
         failing job sinks only itself (cheaper than a savepoint per job).
-        Returns the results, the (id, path) of dropped body files, and whether
-        any blob row was dropped."""
+        Returns the results and the (id, path) of dropped body files."""
         try:
             conn.execute("BEGIN IMMEDIATE")
             results: list[tuple[_Job, Any, BaseException | None]] = []
@@ -348,23 +340,22 @@ class Engine:
                 i = k
             # Inline bodies by count, not RETURNING: a returned row is a statement
             # step, and each step gives the GIL up and waits to win it back.
-            dropped = conn.execute("DELETE FROM blobs WHERE refs <= 0 AND path IS NULL").rowcount > 0
+            conn.execute("DELETE FROM blobs WHERE refs <= 0 AND path IS NULL")
             orphans = conn.execute("DELETE FROM blobs WHERE refs <= 0 RETURNING id, path").fetchall()
             conn.execute("COMMIT")
             self.commits += 1
-            return results, orphans, dropped or bool(orphans)
+            return results, orphans
         except BaseException as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if len(batch) == 1:
-                return [(batch[0], None, e)], [], False
-        results, orphans, dropped = [], [], False
+                return [(batch[0], None, e)], []
+        results, orphans = [], []
         for j in batch:
-            r, o, d = self._run_batch(conn, [j])
+            r, o = self._run_batch(conn, [j])
             results += r
             orphans += o
-            dropped = dropped or d
-        return results, orphans, dropped
+        return results, orphans
 
     @staticmethod
     def _settle_all(results: list[tuple[_Job, Any, BaseException | None]], failed: BaseException | None = None) -> None:

@@ -25,21 +25,21 @@ class QueueStore(MessageStore):
     # Bodies read along with due entries (inline blobs only), by blob id: the queue
     # manager asks for each entry's body right after due_queue, and answering that
     # from here saves an executor hop per message. Consumed on use, kept only for
-    # entries with recipients pending, and bounded in bytes (a body never asked
-    # for must not pile up: see _blobs_dropped).
+    # entries with recipients pending, and bounded in bytes: a body never asked
+    # for (its attempt cancelled at shutdown) only takes room until the cache fills
+    # and is emptied. Blob ids are never given out again (MessageStore._blob_ids)
+    # and a blob's bytes never change, so a body kept here is right whenever asked
+    # for, even after its row is gone. (Skipping the cache whenever a commit had
+    # dropped blob rows during the read, as before, lost the bodies of every other
+    # due batch in a drain, where commits drop blobs all the time: 76-80 µs of
+    # reader CPU a message instead of 59-61, 627-650 µs in all instead of 581-588.)
     _PREFETCH_MAX_BYTES = 64 * 1024 * 1024
     _prefetch: dict[int, bytes] | None = None
     _prefetch_bytes = 0
-    # Moved (under _PREFETCH_LOCK) whenever blob rows are deleted: a read that began
-    # before such a commit may hold a body that is about to go, so it caches nothing.
-    _prefetch_drops = 0
 
     def _queue_entries(
         self, c: sqlite3.Connection, where: str, args: tuple[Any, ...], *, with_data: bool = False
     ) -> list[QueueEntry]:
-        if with_data:
-            with _PREFETCH_LOCK:
-                drops = self._prefetch_drops
         rows = c.execute(
             "SELECT q.id, q.sender, q.message_id, q.created, q.next_attempt, q.attempts, q.held, q.last_error, "
             "q.warned, q.ret, q.envid, q.body_type, q.smtputf8, q.auth_user, b.size, q.blob_id"
@@ -67,20 +67,18 @@ class QueueStore(MessageStore):
             if (
                 with_data
                 and r[16] is not None
-                # Only a body the queue manager will ask for: one left unasked stays
-                # in the cache until its blob is dropped or the cache fills.
+                # Only a body the queue manager will ask for.
                 and any(x.state in ("pending", "deferred") for x in recipients)
             ):
                 data = bytes(r[16])
                 with _PREFETCH_LOCK:  # filled on a reader thread, emptied on the loop's
-                    if self._prefetch_drops == drops:  # else blob_source reads it again
-                        cache = self._prefetched()
-                        if self._prefetch_bytes + len(data) > self._PREFETCH_MAX_BYTES:
-                            cache.clear()  # leftovers: those still wanted are read again, no harm
-                            self._prefetch_bytes = 0
-                        old = cache.pop(r[15], None)
-                        self._prefetch_bytes += len(data) - (len(old) if old is not None else 0)
-                        cache[r[15]] = data
+                    cache = self._prefetched()
+                    if self._prefetch_bytes + len(data) > self._PREFETCH_MAX_BYTES:
+                        cache.clear()  # leftovers: those still wanted are read again, no harm
+                        self._prefetch_bytes = 0
+                    old = cache.pop(r[15], None)
+                    self._prefetch_bytes += len(data) - (len(old) if old is not None else 0)
+                    cache[r[15]] = data
             out.append(
                 QueueEntry(
                     id=r[0], sender=r[1], message_id=r[2], created=r[3], next_attempt=r[4], attempts=r[5],
@@ -90,14 +88,6 @@ class QueueStore(MessageStore):
                 )
             )
         return out
-
-    def _blobs_dropped(self) -> None:
-        # On the writer thread (see Engine). Blob ids are never given out again
-        # (MessageStore._blob_ids), so a body left here for a dropped blob can
-        # never be served for another one: it only takes room, which is bounded
-        # (the cache is emptied when full). Reads under way skip the cache.
-        with _PREFETCH_LOCK:
-            self._prefetch_drops += 1
 
     def _prefetched(self) -> dict[int, bytes]:
         cache = self._prefetch
