@@ -341,10 +341,6 @@ def config_from_toml(doc: dict[str, Any], path: Path) -> Config:
             setattr(lim, k, parse_duration(limits[k], f"limits.{k}"))
     cfg.limits = lim
     cfg.trust = parse_trust(_table(doc, "trust"))
-    if cfg.workers and cfg.trust.greylisting:
-        # Its triplets live in one process's memory: a retry landing on another
-        # worker would be deferred again.
-        raise ConfigError("[trust] greylisting needs [server] workers = 0 (its state is kept in one process)")
     return cfg
 
 

@@ -136,7 +136,7 @@ async def serve(config: Config) -> None:
         trust = install_trust(ctx, resolver)
         # With workers, they drain the queue (a share each) and this process only
         # wakes them; without, the queue is drained here.
-        workers = Workers(config, store, ctx.auth, trust.limits) if config.workers else None
+        workers = Workers(config, store, ctx.auth, trust.limits, trust.greylist) if config.workers else None
         queue: QueueManager | None = None
         deliverer: SMTPDeliverer | None = None
         if workers is None:

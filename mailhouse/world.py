@@ -89,9 +89,9 @@ class MailServer:
             extra.setdefault("trust", {"trusted_networks": ["127.0.0.0/8", "::1/128"]})
         extra.setdefault("dns", {"nameservers": ["127.0.0.1:9"]})
         # MAILHOUSE_TEST_WORKERS=N runs every server of a test run with N worker
-        # processes (greylisting excepted: it is refused with workers).
+        # processes.
         workers = os.environ.get("MAILHOUSE_TEST_WORKERS")
-        if workers and "server" not in extra and not extra.get("trust", {}).get("greylisting"):
+        if workers and "server" not in extra:
             extra["server"] = {"workers": int(workers)}
         for table, values in extra.items():
             lines.append(f"[{table}]")

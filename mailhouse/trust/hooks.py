@@ -109,6 +109,9 @@ class Trust:
         # mailhouse.workers.worker): one count per user for the whole server.
         self.count_sending: Callable[[str, int], Awaitable[str | None]] | None = None
         self.greylist = Greylist(s.greylist_delay, s.greylist_expire, s.greylist_pass)
+        # Worker processes check the main process's triplets (set by
+        # mailhouse.workers.worker): a retry may reach another worker.
+        self.greylist_wait: Callable[[str, str, list[str]], Awaitable[float]] = self._greylist_here
         self.connections = ConnectionRate(s.connections_per_minute)
         self.connection_exempt = s.connection_exempt + s.trusted_networks
         # Per client address, whether it is in trusted_networks / exempt from the
@@ -116,6 +119,10 @@ class Trust:
         # than the rest of a trusted client's checks, on every message.
         self._trusted_ips: dict[str, bool] = {}
         self._exempt_ips: dict[str, bool] = {}
+
+    async def _greylist_here(self, ip: str, sender: str, recipients: list[str]) -> float:
+        # Every recipient is checked (and so remembered), not only up to the first wait.
+        return max([self.greylist.check(ip, sender, r) for r in recipients], default=0.0)
 
     # ------------------------------------------------------------------ ownership
     def may_send_as(self, user: str, address: str) -> bool:
@@ -275,7 +282,7 @@ class Trust:
         verdict: Verdict | None = None
         if check:
             if s.greylisting:
-                wait = max((self.greylist.check(c.ip, rec.sender, r) for r in rec.recipients), default=0.0)
+                wait = await self.greylist_wait(c.ip, rec.sender, rec.recipients)
                 if wait > 0:
                     logger.info("%s: greylisted [%s] <%s>", rec.queue_id, c.ip, rec.sender)
                     return Refusal(451, "4.7.1", f"Greylisted, please try again in {int(wait) + 1} seconds")

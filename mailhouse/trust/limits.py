@@ -1,8 +1,8 @@
 """Counters that hold abuse off: sending limits, the login lockout, connection
 rates, greylisting. In memory, per process: one mailhouse process serves every
 protocol, so one Lockout sees SMTP, IMAP, POP3 and HTTP logins together. With
-worker processes, the main process keeps the lockout and the sending limits
-(mailhouse.workers.link), and the connection rate is in shared memory
+worker processes, the main process keeps the lockout, the sending limits and
+greylisting's triplets (mailhouse.workers.link), and the connection rate is in shared memory
 (mailhouse.net.counts.SharedConnectionRate). Plain data structures only, so `mailhouse.auth` can use
 them without cycles.
 """

@@ -18,9 +18,9 @@ queue manager. SMTP's and IMAP's connection limits are counted in shared memory
 (net/counts.py). A worker that dies is restarted; its share of the queue waits
 for it meanwhile (at most the restart back-off, 30 s, unless it keeps dying).
 
-Logins are checked, and messages counted against the per-user sending limits,
-by the main process (one lockout, one cache of successes, one count per user).
-IMAP's \\Recent claims and SMTP's connection rate are shared too, in shared
-memory (imap/recent.py, net/counts.py). Greylisting keeps its state in one
-process, so it is refused with workers (config.py).
+Logins are checked, messages counted against the per-user sending limits, and
+greylisting's triplets checked by the main process (one lockout, one cache of
+successes, one count per user, one set of triplets: a retry may reach another
+worker). IMAP's \\Recent claims and SMTP's connection rate are shared too, in
+shared memory (imap/recent.py, net/counts.py).
 """

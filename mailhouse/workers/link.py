@@ -9,11 +9,16 @@
     l <id> <user> <recipients>           a message to count against the user's
                                          sending limits (worker to main), answered by
     L <id> <reason or ->                 (main to worker; reason: "b" + base64)
+    g <id> <ip> <sender> <recipient>     a greylisting triplet to check (worker to
+                                         main; sender, recipient: "b" + base64),
+    G <id> <seconds>                     answered by the seconds still to wait (0: pass)
 
 Logins are checked by the main process so that every protocol of every process
 shares one lockout and one cache of recent successes (auth/service.py): a
 worker's own cache would cost an argon2 hash per account per worker. Sending
 limits are counted there too: per worker, a user could send N times the limit.
+So are greylisting's triplets: a retry landing on another worker than the first
+attempt must find the triplet seen.
 
 Both ends run this protocol on their half of a socket pair. A lost connection
 means the other side is gone: the worker exits, the main process restarts it.
@@ -64,6 +69,8 @@ class Link(asyncio.Protocol):
         on_answer: Callable[[int, str | None, float], None] | None = None,
         on_limit: Callable[[int, str, int], None] | None = None,
         on_limit_answer: Callable[[int, str | None], None] | None = None,
+        on_greylist: Callable[[int, str, str, str], None] | None = None,
+        on_greylist_answer: Callable[[int, float], None] | None = None,
     ) -> None:
         self.on_changes = on_changes
         self.on_kick = on_kick
@@ -72,6 +79,8 @@ class Link(asyncio.Protocol):
         self.on_answer = on_answer
         self.on_limit = on_limit
         self.on_limit_answer = on_limit_answer
+        self.on_greylist = on_greylist
+        self.on_greylist_answer = on_greylist_answer
         self.transport: asyncio.Transport | None = None
         self._buf = b""
 
@@ -107,6 +116,8 @@ class Link(asyncio.Protocol):
     def _request_line(self, parts: list[bytes]) -> bool:
         if parts[0] in (b"a", b"A"):
             return self._login_line(parts)
+        if parts[0] in (b"g", b"G"):
+            return self._greylist_line(parts)
         return parts[0] in (b"l", b"L") and self._limit_line(parts)
 
     def _login_line(self, parts: list[bytes]) -> bool:
@@ -134,6 +145,24 @@ class Link(asyncio.Protocol):
         except (ValueError, binascii.Error, UnicodeDecodeError):
             pass
         return False
+
+    def _greylist_line(self, parts: list[bytes]) -> bool:
+        try:
+            if parts[0] == b"g" and len(parts) == 5 and self.on_greylist is not None:
+                self.on_greylist(int(parts[1]), parts[2].decode("ascii"), _unb64(parts[3]), _unb64(parts[4]))
+                return True
+            if parts[0] == b"G" and len(parts) == 3 and self.on_greylist_answer is not None:
+                self.on_greylist_answer(int(parts[1]), float(parts[2]))
+                return True
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pass
+        return False
+
+    def send_greylist(self, request_id: int, ip: str, sender: str, recipient: str) -> None:
+        self.send(f"g {request_id} {ip or '-'} {_b64(sender)} {_b64(recipient)}\n".encode())
+
+    def send_greylist_answer(self, request_id: int, wait: float) -> None:
+        self.send(f"G {request_id} {wait:.3f}\n".encode())
 
     def send_login(self, request_id: int, user: str, password: str, ip: str, protocol: str) -> None:
         self.send(f"a {request_id} {_b64(user)} {_b64(password)} {ip or '-'} {protocol or '-'}\n".encode())

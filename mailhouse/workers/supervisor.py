@@ -22,7 +22,7 @@ from ..net.counts import SharedConnectionCounts, SharedConnectionRate
 from ..net.listeners import listening_socket
 from ..store.base import Store
 from ..store.models import Change
-from ..trust.limits import SendLimits
+from ..trust.limits import Greylist, SendLimits
 from .link import Link
 
 logger = log.get("workers")
@@ -63,12 +63,16 @@ class _Worker:
 
 
 class Workers:
-    def __init__(self, config: Config, store: Store, auth: Authenticator, send_limits: SendLimits) -> None:
+    def __init__(
+        self, config: Config, store: Store, auth: Authenticator, send_limits: SendLimits, greylist: Greylist,
+    ) -> None:
         self.config = config
         self.store = store
         self.auth = auth
-        # The one count of sending limits for every worker (link.py).
+        # The one count of sending limits, and the one set of greylisting triplets,
+        # for every worker (link.py).
         self.send_limits = send_limits
+        self.greylist = greylist
         self.names = [n for n in WORKER_LISTENERS if n in config.listen]
         self.sockets: dict[str, socket.socket] = {}
         self.workers: dict[int, _Worker] = {}
@@ -143,6 +147,7 @@ class Workers:
                 lambda changes: self._from_worker(slot, changes), lambda: self.kick_all(but=slot), lambda: self._lost(slot),
                 on_login=lambda *req: self._login(slot, *req),
                 on_limit=lambda *req: self._limit(slot, *req),
+                on_greylist=lambda *req: self._greylist(slot, *req),
             ),
             parent,
         )
@@ -196,6 +201,11 @@ class Workers:
         asker = self.workers.get(slot)
         if asker is not None:
             asker.link.send_limit_answer(request_id, self.send_limits.check(user, recipients))
+
+    def _greylist(self, slot: int, request_id: int, ip: str, sender: str, recipient: str) -> None:
+        asker = self.workers.get(slot)
+        if asker is not None:
+            asker.link.send_greylist_answer(request_id, self.greylist.check(ip, sender, recipient))
 
     # ------------------------------------------------------------------ lifecycle
     def _lost(self, slot: int) -> None:

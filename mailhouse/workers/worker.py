@@ -132,6 +132,36 @@ class RemoteSendLimits:
             return self.UNANSWERED
 
 
+class RemoteGreylist:
+    """Greylisting triplets checked by the main process (see link.py)."""
+
+    # No answer (the main process stalled or gone): deferred, as greylisting
+    # itself defers; the sender retries, and the triplet is checked then.
+    UNANSWERED = 60.0
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._asked: _Asked[float] = _Asked()
+        link.on_greylist_answer = self._asked.answer
+
+    def fail_all(self) -> None:
+        self._asked.fail_all(self.UNANSWERED)
+
+    async def wait(self, ip: str, sender: str, recipients: list[str]) -> float:
+        """0 when every triplet may pass; else the seconds still to wait."""
+        async def one(recipient: str) -> float:
+            try:
+                return await self._asked.ask(
+                    lambda rid: self.link.send_greylist(rid, ip, sender, recipient), LIMIT_TIMEOUT)
+            except TimeoutError:
+                logger.warning("greylisting [%s]: no answer from the main process", ip)
+                return self.UNANSWERED
+
+        # Every recipient is asked (and so remembered), as in one process.
+        waits = await asyncio.gather(*(one(r) for r in recipients))
+        return max(waits, default=0.0)
+
+
 class Relay:
     """This worker's changes to the main process; everyone else's to its subscribers."""
 
@@ -181,11 +211,13 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         relay = Relay(store, lost)
         auth = RemoteAuthenticator(store, relay.link)
         limits = RemoteSendLimits(relay.link)
+        greylist = RemoteGreylist(relay.link)
 
         def main_gone() -> None:
             lost.set()
             auth.fail_all()
             limits.fail_all()
+            greylist.fail_all()
 
         relay.link.on_lost = main_gone
         ctx = Context(config=config, store=store, auth=auth, tls=server_context(config))
@@ -194,6 +226,7 @@ async def work(config: Config, slot: int, slots: int, notice_fd: int) -> None:
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
         trust = install_trust(ctx, resolver)
         trust.count_sending = limits.count
+        trust.greylist_wait = greylist.wait
         trust.connections = SharedConnectionRate(rate_path(config), trust.connections.per_minute)
         # Workers 0 .. shares-1 drain the queue, a share each (serve.queue_shares).
         shares = queue_shares(config)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from mailhouse.dns.testserver import DNSServer, Zone
 from tests.integration.conftest import Line, inbox, queue, tls_context, wait_for
 from tests.peer import FaultyPeer
 from tests.world import MailServer
@@ -811,22 +812,42 @@ def test_stop_leaves_no_worker(tmp_path: Path) -> None:
     imap.close()
 
 
-def test_greylisting_with_workers_is_refused(tmp_path: Path) -> None:
+def test_greylisting_with_workers_lets_the_retry_through_on_any_worker(tmp_path: Path) -> None:
+    """The main process keeps the triplets: once the delay has passed, a retry is let
+    through whichever worker accepts its connection (kept per worker, one landing
+    on the other worker would be deferred again)."""
+    zone = Zone()
+    zone.add("sender.test", "TXT", "v=spf1 ip4:127.0.0.1 -all", ttl=0)  # SPF passes; no DMARC
+    dns = DNSServer(zone)
+    dns.start_in_thread()
     server = MailServer(
         tmp_path,
         "grey.test",
         listeners=("smtp",),
         extra={
             "server": {"workers": WORKERS},
-            "trust": {"greylisting": True, "trusted_networks": ["127.0.0.0/8"]},
+            "dns": {"nameservers": [f"127.0.0.1:{dns.port}"]},
+            "trust": {"greylisting": True, "greylist_delay": "1s"},  # 127.0.0.1 untrusted
         },
     )
+    server.cli("user", "add", "bob@grey.test", "--password", "bob-grey-pw")
+    body = b"From: <a@sender.test>\r\nTo: <bob@grey.test>\r\nSubject: grey\r\n\r\nhello\r\n"
     try:
-        with pytest.raises(AssertionError, match="exited"):
-            server.start(timeout=15)
+        server.start()
+        with (smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as s,
+              pytest.raises(smtplib.SMTPDataError) as first):
+            s.sendmail("a@sender.test", ["bob@grey.test"], body)
+        assert first.value.smtp_code == 451 and b"4.7.1" in first.value.smtp_error
+        time.sleep(1.2)
+        for _ in range(8):  # new connections: the kernel spreads them over the workers
+            with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as s:
+                s.sendmail("a@sender.test", ["bob@grey.test"], body)
+        assert len(inbox(server, "bob@grey.test")) == 8
     finally:
-        rc = server.stop()  # also when it did start: no serve left running
-    assert rc != 0
+        rc = server.stop()
+        dns.stop_thread()
+    assert rc == 0, server.log()
     log = server.log()
-    assert [ln for ln in log.splitlines() if "greylisting" in ln], log
-    assert "Traceback" not in log, log
+    assert len([ln for ln in log.splitlines() if "greylisted" in ln]) == 1, log
+    # Both workers took connections (this test would not show much otherwise).
+    assert re.search(r"smtpd\[w0\]: connect from", log) and re.search(r"smtpd\[w1\]: connect from", log), log

@@ -105,8 +105,9 @@ def test_workers_setting_is_checked(tmp_path: Path, value: object) -> None:
 def test_workers_auto_and_greylisting(tmp_path: Path) -> None:
     assert config_from_toml({"server": {"workers": "auto"}}, tmp_path / "m.toml").workers >= 1
     assert config_from_toml({}, tmp_path / "m.toml").workers == 0
-    with pytest.raises(ConfigError, match="greylisting"):
-        config_from_toml({"server": {"workers": 2}, "trust": {"greylisting": True}}, tmp_path / "m.toml")
+    # The main process keeps the triplets for every worker (link.py).
+    cfg = config_from_toml({"server": {"workers": 2}, "trust": {"greylisting": True}}, tmp_path / "m.toml")
+    assert cfg.workers == 2 and cfg.trust.greylisting
 
 
 def test_imap_listeners_count_through_the_context_factory(tmp_path: Path) -> None:
@@ -191,6 +192,29 @@ def test_sending_limit_request_and_answer() -> None:
     ]
     receiver.data_received(b"l 11 notbase64 3\nl x bYQ== 3\nL 12\n")  # malformed: dropped
     assert len(got) == 3
+
+
+def test_greylisting_request_and_answer() -> None:
+    got: list[Any] = []
+    sender, _ = _link()
+    sender.transport = _Sent()  # type: ignore[assignment]
+    sender.send_greylist(5, "192.0.2.7", "", "bob+tag@hamburger.edu")  # the null sender too
+    sender.send_greylist(6, "2001:db8::1", "a b@crepes.fr", "bob@hamburger.edu")
+    sender.send_greylist_answer(5, 299.5)
+    sender.send_greylist_answer(6, 0.0)
+    receiver, _ = _link(on_greylist=lambda *a: got.append(("ask", *a)),
+                        on_greylist_answer=lambda *a: got.append(("answer", *a)))
+    data = sender.transport.data  # type: ignore[union-attr]
+    for i in range(len(data)):  # one byte at a time: lines are reassembled
+        receiver.data_received(data[i : i + 1])
+    assert got == [
+        ("ask", 5, "192.0.2.7", "", "bob+tag@hamburger.edu"),
+        ("ask", 6, "2001:db8::1", "a b@crepes.fr", "bob@hamburger.edu"),
+        ("answer", 5, 299.5),
+        ("answer", 6, 0.0),
+    ]
+    receiver.data_received(b"g 7 1.2.3.4 notbase64 bYQ==\nG 8 soon\nG 9\n")  # malformed: dropped
+    assert len(got) == 4
 
 
 def test_connection_rate_shared_by_workers(tmp_path: Path) -> None:
