@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,40 @@ async def test_concurrent_deliveries_share_commits(store: SQLiteStore) -> None:
     events = await store.journey("Q3")
     assert [e.kind for e in events] == ["received", "delivered"]
     assert (await store.journey("<Q3@x>"))[0].queue_id == "Q3"
+
+
+async def test_journey_by_message_id_reaches_every_event_of_its_queue_ids(store: SQLiteStore) -> None:
+    """Only the opening events are indexed by Message-ID (migration 0009): the
+    later events of the same queue id still come, and neither lookup scans."""
+    acc = await store.add_account("bob@example.test", "h")
+    for qid in ("J1", "J2"):
+        b = store.new_blob()
+        b.write(b"Subject: j\r\n\r\nbody\r\n")
+        inc = incoming(qid, acc.id, acc.address)
+        inc.message_id = "same@x"
+        await store.deliver(b, inc)
+    await store.add_event("J1", "read", {"protocol": "POP3"}, "same@x")
+    await store.add_event("J2", "read", {"protocol": "POP3"})  # no Message-ID on the row
+    events = await store.journey("<same@x>")
+    assert sorted((e.queue_id, e.kind) for e in events) == [
+        ("J1", "delivered"), ("J1", "read"), ("J1", "received"),
+        ("J2", "delivered"), ("J2", "read"), ("J2", "received"),
+    ]
+    assert [e.kind for e in await store.journey("J2")] == ["received", "delivered", "read"]
+    conn = sqlite3.connect(store.db_path)
+    try:
+        plan = " ".join(
+            str(r[-1]) for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT queue_id FROM journey WHERE queue_id = ?1 OR queue_id IN "
+                "(SELECT queue_id FROM journey WHERE message_id = ?2 AND kind IN ('received', 'dsn'))",
+                ("x", "y"),
+            )
+        )
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+    finally:
+        conn.close()
+    assert "journey_opening" in plan and "SCAN" not in plan
+    assert not {"messages_message_id", "messages_queue_id", "journey_message"} & indexes
 
 
 async def test_deliveries_of_one_batch_share_folder_counters(store: SQLiteStore) -> None:

@@ -27,9 +27,13 @@ class JourneyStore(Engine):
         mid = ident.strip().removeprefix("<").removesuffix(">")
 
         def fn(c: sqlite3.Connection) -> list[JourneyEvent]:
+            # Through the events that open a journey (the partial index
+            # journey_opening, migration 0009): any later event of the same queue
+            # id comes with them, whatever Message-ID it carries.
             rows = c.execute(
-                "SELECT queue_id, message_id, time, kind, data FROM journey "
-                "WHERE queue_id = ? OR message_id = ? ORDER BY time, id",
+                "SELECT queue_id, message_id, time, kind, data FROM journey WHERE queue_id = ?1 OR queue_id IN "
+                "(SELECT queue_id FROM journey WHERE message_id = ?2 AND kind IN ('received', 'dsn')) "
+                "ORDER BY time, id",
                 (ident, mid),
             ).fetchall()
             return [JourneyEvent(q, m, t, k, jsontext.loads(d)) for q, m, t, k, d in rows]
