@@ -14,6 +14,8 @@ Targets (``--targets``, run one after the other, each on its own free port):
   mailhouse  ``mailhouse -c CONFIG serve`` started here on a fresh data dir;
              ``--mailhouse-workers 0,2`` runs it once per value of ``[server]
              workers`` (labelled mailhouse, mailhouse-w2).
+  floor      benchmarks/bare_smtp.py: the SMTP dialogue on uvloop and nothing
+             else (no parse, no store): what Python alone costs (not a default).
   external   whatever listens on --host/--port (loopback only); nothing started.
 
 Load generators (``--loads``):
@@ -86,7 +88,7 @@ SENDER = "sender@client.bench.test"
 CLIENT_NAME = "client.bench.test"
 SUBJECT = "mailhouse receive benchmark"
 
-ALL_TARGETS = ("sink", "postfix", "postfix-noflow", "mailhouse", "external")
+ALL_TARGETS = ("sink", "floor", "postfix", "postfix-noflow", "mailhouse", "external")
 ALL_LOADS = ("source-new", "source-kept", "async-kept", "async-new")
 DEFAULT_LOADS = ("source-new", "source-kept", "async-kept")
 
@@ -648,6 +650,34 @@ class SinkTarget(Target):
         cmd += [f"{self.host}:{self.port}", "1000"]
         self.log = open(self.workdir / "smtp-sink.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_banner(self.host, self.port, 15)
+
+    def stop(self) -> None:
+        _stop_process(self.proc, 5)
+        with contextlib.suppress(Exception):
+            self.log.close()
+
+    def cpu_seconds(self) -> float | None:
+        return proc_tree_cpu(self.proc.pid) if self.proc else None
+
+
+class FloorTarget(Target):
+    name = "floor"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.description = (
+            f"benchmarks/bare_smtp.py on {self.host}:{self.port} (the dialogue alone in Python, discards)"
+        )
+
+    def start(self) -> None:
+        script = Path(__file__).with_name("bare_smtp.py")
+        self.log = open(self.workdir / "floor.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.port)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         wait_for_banner(self.host, self.port, 15)
 
     def stop(self) -> None:
@@ -1317,6 +1347,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if name == "sink":
                     target = SinkTarget(workdir)
+                elif name == "floor":
+                    target = FloorTarget(workdir)
                 elif name in ("postfix", "postfix-noflow"):
                     if not postfix_available():
                         raise RuntimeError("Postfix not installed or not root")
