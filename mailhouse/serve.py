@@ -24,6 +24,7 @@ from .queue.routing import Router
 from .store import open_store
 from .store.base import Store
 from .trust.hooks import install as install_trust
+from .trust.limits import GreylistKeeper
 from .trust.tlspolicy import outbound_tls
 from .workers.supervisor import Workers
 
@@ -134,6 +135,11 @@ async def serve(config: Config) -> None:
         ctx = Context(config=config, store=store, auth=Authenticator(store), tls=tls)
         resolver = Resolver(config.nameservers, trust_ad=config.dns_trust_ad)
         trust = install_trust(ctx, resolver)
+        # This process owns greylisting's triplets (workers ask it): it keeps them,
+        # and has those from before the restart before any client is heard.
+        keeper = GreylistKeeper(store, trust.greylist) if config.trust.greylisting else None
+        if keeper is not None:
+            await keeper.start()
         # With workers, they drain the queue (a share each) and this process only
         # wakes them; without, the queue is drained here.
         workers = Workers(config, store, ctx.auth, trust.limits, trust.greylist) if config.workers else None
@@ -165,6 +171,8 @@ async def serve(config: Config) -> None:
         control.stop()
         await stop_listeners(ctx, listeners, *(x.stop() for x in (queue, workers) if x is not None))
         await stop_outbound(queue_task, deliverer)
+        if keeper is not None:
+            await keeper.stop()
     finally:
         await store.close()
     logger.info("stopped")

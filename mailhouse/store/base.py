@@ -23,6 +23,7 @@ from .models import (
     FolderColumns,
     FolderDelta,
     FolderSummary,
+    GreyTriplet,
     Incoming,
     JourneyEvent,
     LocalTarget,
@@ -386,3 +387,18 @@ class Store(abc.ABC):
     async def add_dkim_key(self, domain: str, selector: str, algorithm: str, private_pem: str) -> bool:
         """Keep a new active key unless the domain already has an active key of that
         algorithm (another process made it first); True when this one was kept."""
+
+    # ---- greylisting triplets (mailhouse.trust.limits.GreylistKeeper; migration 0010)
+    @abc.abstractmethod
+    async def greylist_triplets(self, now: float, expire: float, keep: float) -> list[GreyTriplet]:
+        """The triplets still in force at `now`: passed ones for `keep` seconds after
+        they passed, the others for `expire` seconds after they were first seen."""
+
+    @abc.abstractmethod
+    async def save_greylist(
+        self, triplets: list[GreyTriplet], *, forget: tuple[float, float, float] | None = None
+    ) -> None:
+        """Keep these triplets, each replacing any of the same key; with
+        forget=(now, expire, keep), also drop those no longer in force. Need not be
+        durable before it returns: losing the last batch to a crash only defers
+        its senders once more."""

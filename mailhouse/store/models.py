@@ -335,3 +335,16 @@ class MessageQuery:
     body: str = ""
     since: float | None = None  # received at or after (UNIX time)
     before: float | None = None  # received before
+
+
+@dataclass(frozen=True)
+class GreyTriplet:
+    """One greylisting triplet (mailhouse.trust.limits.Greylist): the client's
+    network, the sender and the recipient (lower case), when it was first seen or,
+    once `passed`, when it passed."""
+
+    network: str
+    sender: str
+    recipient: str
+    first: float
+    passed: bool

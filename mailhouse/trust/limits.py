@@ -4,19 +4,26 @@ protocol, so one Lockout sees SMTP, IMAP, POP3 and HTTP logins together. With
 worker processes, the main process keeps the lockout, the sending limits and
 greylisting's triplets (mailhouse.workers.link), and the connection rate is in shared memory
 (mailhouse.net.counts.SharedConnectionRate). Plain data structures only, so `mailhouse.auth` can use
-them without cycles.
+them without cycles; GreylistKeeper alone touches the store (its interface only).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .. import log
+from ..store.base import Store, StoreError
+from ..store.models import GreyTriplet
 from .settings import LockoutPolicy, RateLimits
+
+logger = log.get("greylist")
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -213,6 +220,22 @@ class Greylist:
         self.keep = keep
         self.clock = clock
         self._seen: dict[tuple[str, str, str], tuple[float, bool]] = {}  # -> (first seen, passed)
+        self._changed: set[tuple[str, str, str]] = set()  # since changes() was last called
+
+    def load(self, triplets: Iterable[GreyTriplet]) -> None:
+        """Triplets kept by the store (GreylistKeeper), under any seen since."""
+        for t in triplets:
+            self._seen.setdefault((t.network, t.sender, t.recipient), (t.first, t.passed))
+
+    def changes(self) -> list[GreyTriplet]:
+        """The triplets first seen or passed since the last call, for the store."""
+        out = [GreyTriplet(*k, *self._seen[k]) for k in self._changed if k in self._seen]
+        self._changed = set()
+        return out
+
+    def retain(self, triplets: Iterable[GreyTriplet]) -> None:
+        """Changes that were not saved after all: the next changes() has them again."""
+        self._changed.update((t.network, t.sender, t.recipient) for t in triplets)
 
     @staticmethod
     def network(ip: str) -> str:
@@ -236,9 +259,69 @@ class Greylist:
             if not passed and now - first < self.expire:
                 if now - first >= self.delay:
                     self._seen[key] = (now, True)
+                    self._changed.add(key)
                     return 0.0
                 return self.delay - (now - first)
         if len(self._seen) >= _MAX_TRACKED:
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < (self.keep if v[1] else self.expire)}
         self._seen[key] = (now, False)
+        self._changed.add(key)
         return self.delay
+
+
+class GreylistKeeper:
+    """Keeps a Greylist's triplets in the store: loaded at start, the changes
+    written every `interval` seconds and at the end, the expired ones dropped
+    hourly. Without it a restart forgets every sender that passed (for
+    `greylist_pass`, 36 days by default), and each is deferred once more."""
+
+    FORGET_EVERY = HOUR
+
+    def __init__(self, store: Store, greylist: Greylist, interval: float = 30.0) -> None:
+        self.store = store
+        self.greylist = greylist
+        self.interval = interval
+        self._forgot = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the triplets kept from before, then save changes in the background."""
+        g = self.greylist
+        triplets = await self.store.greylist_triplets(g.clock(), g.expire, g.keep)
+        g.load(triplets)
+        logger.info("%d triplets kept from before", len(triplets))
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """The background saving stops; what changed since is saved now."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.save()
+        except StoreError as e:
+            logger.warning("triplets not saved: %s", e)
+
+    async def save(self) -> None:
+        g = self.greylist
+        now = g.clock()
+        forget = None
+        if now - self._forgot >= self.FORGET_EVERY:
+            forget, self._forgot = (now, g.expire, g.keep), now
+        changes = g.changes()
+        if changes or forget is not None:
+            try:
+                await self.store.save_greylist(changes, forget=forget)
+            except BaseException:
+                g.retain(changes)
+                raise
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.save()
+            except StoreError as e:  # kept in memory: the next round tries again
+                logger.warning("triplets not saved: %s", e)

@@ -12,6 +12,7 @@ import base64
 import json
 import smtplib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,45 @@ def test_password_guessing_locked_out_across_protocols(world: dict[str, Any]) ->
     # Alice from her own address is not affected.
     assert _smtp_auth(crepes, "127.0.0.1", "alice@crepes.fr", ALICE_PW) == 235
     assert _pop3_login(crepes, "127.0.0.1", "alice@crepes.fr", ALICE_PW).startswith(b"+OK")
+
+
+def test_greylisting_remembers_its_triplets_across_a_restart(tmp_path: Path) -> None:
+    """A sender that passed greylisting before a restart is not deferred again
+    after it, nor is one whose first try was deferred just before; the log of the
+    second start says how many triplets it found."""
+    zone = Zone()
+    zone.add("sender.test", "TXT", "v=spf1 ip4:127.0.0.0/8 -all", ttl=0)
+    dns = DNSServer(zone)
+    dns.start_in_thread()
+    server = MailServer(tmp_path, "grey.test", listeners=("smtp",), extra={
+        "dns": {"nameservers": [f"127.0.0.1:{dns.port}"]},
+        "trust": {"greylisting": True, "greylist_delay": "1s"},  # 127.0.0.1 untrusted
+    })
+    server.cli("user", "add", "bob@grey.test", "--password", "bob-grey-pw")
+
+    def send(sender: str) -> int:
+        body = f"From: <{sender}>\r\nTo: <bob@grey.test>\r\nSubject: grey\r\n\r\nhello\r\n".encode()
+        try:
+            with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as s:
+                s.sendmail(sender, ["bob@grey.test"], body)
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code
+        return 250
+
+    try:
+        server.start()
+        assert send("known@sender.test") == 451
+        time.sleep(1.2)
+        assert send("known@sender.test") == 250  # passed: kept for greylist_pass
+        assert send("waiting@sender.test") == 451  # first try, just before the restart
+        assert server.stop() == 0
+        server.start()
+        assert send("known@sender.test") == 250
+        time.sleep(1.2)
+        assert send("waiting@sender.test") == 250  # its delay counted from before
+        assert send("new@sender.test") == 451
+    finally:
+        rc = server.stop()
+        dns.stop_thread()
+    assert rc == 0, server.log()
+    assert "greylist: 2 triplets kept from before" in server.log(), server.log()

@@ -18,6 +18,8 @@ from mailhouse.auth.passwords import hash_password
 from mailhouse.auth.service import Authenticator
 from mailhouse.cli.records import autoconfig_xml, domain_records
 from mailhouse.config import Config, ConfigError, default_config
+from mailhouse.store.base import StoreError
+from mailhouse.store.models import GreyTriplet
 from mailhouse.store.sqlite import SQLiteStore
 from mailhouse.trust import dmarc
 from mailhouse.trust.authresults import authserv_id_of, pvalue
@@ -25,6 +27,7 @@ from mailhouse.trust.dkim import parse_fields, relaxed_body, relaxed_header
 from mailhouse.trust.limits import (
     ConnectionRate,
     Greylist,
+    GreylistKeeper,
     Lockout,
     SendLimits,
 )
@@ -163,6 +166,53 @@ def test_greylist() -> None:
     assert g.check("192.0.2.1", "A@x.test", "b@y.test") == 0  # remembered
     assert g.check("192.0.2.1", "other@x.test", "b@y.test") > 0
 
+
+
+
+async def test_greylist_keeper_saves_and_reloads_the_triplets(tmp_path: Path) -> None:
+    """What a restart finds: the triplets seen and passed before it, in the store;
+    expired ones are neither loaded nor kept."""
+    clock = Clock()
+    store = SQLiteStore(tmp_path)
+    await store.open()
+    try:
+        g = Greylist(delay=300, expire=4 * 3600, keep=36 * 86400, clock=clock)
+        keeper = GreylistKeeper(store, g)
+        await keeper.start()
+        assert g.check("192.0.2.1", "known@x.test", "b@y.test") == 300
+        clock.t += 301
+        assert g.check("192.0.2.1", "known@x.test", "b@y.test") == 0  # passed
+        assert g.check("192.0.2.1", "waiting@x.test", "b@y.test") == 300
+        assert g.check("192.0.2.1", "old@x.test", "b@y.test") == 300
+        await keeper.stop()
+        assert g.changes() == []  # all saved
+
+        clock.t += 4 * 3600 - 100  # "old" and "waiting" were first seen 4 h ago (minus 100 s)
+        again = Greylist(delay=300, expire=4 * 3600, keep=36 * 86400, clock=clock)
+        keeper = GreylistKeeper(store, again)
+        await keeper.start()
+        assert again.check("192.0.2.77", "known@x.test", "b@y.test") == 0
+        assert again.check("192.0.2.1", "waiting@x.test", "b@y.test") == 0  # its delay ran before
+        clock.t += 200  # past "old"'s expiry: the first save drops what expired
+        await keeper.stop()
+        rows = await store.greylist_triplets(0.0, 1e12, 1e12)  # everything still in the table
+        assert sorted(r.sender for r in rows) == ["known@x.test", "waiting@x.test"]
+        assert [r.passed for r in sorted(rows, key=lambda r: r.sender)] == [True, True]
+    finally:
+        await store.close()
+
+
+async def test_greylist_keeper_keeps_changes_it_could_not_save() -> None:
+    class Failing:
+        async def save_greylist(self, triplets: list[GreyTriplet], *, forget: object = None) -> None:
+            raise StoreError("disk full")
+
+    g = Greylist(delay=300, expire=4 * 3600, keep=36 * 86400, clock=Clock())
+    keeper = GreylistKeeper(Failing(), g)  # type: ignore[arg-type]
+    g.check("192.0.2.1", "a@x.test", "b@y.test")
+    with pytest.raises(StoreError):
+        await keeper.save()
+    assert [t.sender for t in g.changes()] == ["a@x.test"]  # still there for the next round
 
 
 # ------------------------------------------------------------------ settings

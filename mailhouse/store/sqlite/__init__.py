@@ -1,7 +1,7 @@
 """The embedded store: SQLite in WAL mode, bodies inline or in files.
 
 One class per part (engine, directory, messages, mailboxes, queue, journey, web,
-keys), put together here into the one `Store` the rest of mailhouse sees.
+keys, greylist), put together here into the one `Store` the rest of mailhouse sees.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..base import Store
 from .blobs import INLINE_MAX, SpoolBlob
 from .directory import DirectoryStore
+from .greylist import GreylistStore
 from .journey import JourneyStore
 from .keys import KeyStore
 from .mailboxes import MailboxStore
@@ -18,5 +19,7 @@ from .web import WebStore
 __all__ = ["INLINE_MAX", "SQLiteStore", "SpoolBlob"]
 
 
-class SQLiteStore(DirectoryStore, MailboxStore, QueueStore, JourneyStore, WebStore, KeyStore, Store):
+class SQLiteStore(
+    DirectoryStore, MailboxStore, QueueStore, JourneyStore, WebStore, KeyStore, GreylistStore, Store
+):
     """Every part of the store over one database and one writer thread."""
