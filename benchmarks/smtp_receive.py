@@ -632,23 +632,22 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> 
         proc.wait(5)
 
 
-class SinkTarget(Target):
-    name = "sink"
+class _ProgramTarget(Target):
+    """A program started here on a free port, its output in workdir/LOG."""
+
+    log_name = "target.log"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.description = f"Postfix smtp-sink on {self.host}:{self.port} (accepts and discards)"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        if not os.path.exists(SMTP_SINK):
-            raise RuntimeError("smtp-sink not found (apt-get install postfix)")
-        cmd = [SMTP_SINK, "-4", "-h", "sink.bench.test", "-m", "1000"]
-        if os.geteuid() == 0:
-            cmd += ["-u", "nobody"]  # required when run as root
-        cmd += [f"{self.host}:{self.port}", "1000"]
-        self.log = open(self.workdir / "smtp-sink.log", "wb")  # noqa: SIM115
+        cmd = self.command()
+        self.log = open(self.workdir / self.log_name, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_banner(self.host, self.port, 15)
 
@@ -661,32 +660,35 @@ class SinkTarget(Target):
         return proc_tree_cpu(self.proc.pid) if self.proc else None
 
 
-class FloorTarget(Target):
-    name = "floor"
+class SinkTarget(_ProgramTarget):
+    name = "sink"
+    log_name = "smtp-sink.log"
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir)
+        self.description = f"Postfix smtp-sink on {self.host}:{self.port} (accepts and discards)"
+
+    def command(self) -> list[str]:
+        if not os.path.exists(SMTP_SINK):
+            raise RuntimeError("smtp-sink not found (apt-get install postfix)")
+        cmd = [SMTP_SINK, "-4", "-h", "sink.bench.test", "-m", "1000"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]  # required when run as root
+        return [*cmd, f"{self.host}:{self.port}", "1000"]
+
+
+class FloorTarget(_ProgramTarget):
+    name = "floor"
+    log_name = "floor.log"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
         self.description = (
             f"benchmarks/bare_smtp.py on {self.host}:{self.port} (the dialogue alone in Python, discards)"
         )
 
-    def start(self) -> None:
-        script = Path(__file__).with_name("bare_smtp.py")
-        self.log = open(self.workdir / "floor.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(self.port)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        wait_for_banner(self.host, self.port, 15)
-
-    def stop(self) -> None:
-        _stop_process(self.proc, 5)
-        with contextlib.suppress(Exception):
-            self.log.close()
-
-    def cpu_seconds(self) -> float | None:
-        return proc_tree_cpu(self.proc.pid) if self.proc else None
+    def command(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).with_name("bare_smtp.py")), str(self.port)]
 
 
 class PostfixTarget(Target):
