@@ -162,7 +162,7 @@ class FolderCommands(SessionState):
         """STATUS RECENT: what SELECT would count as \\Recent (mailbox.py),
         the messages no session claimed yet, plus those this session holds
         when the folder is the selected one."""
-        mark = self.watcher.recent_marks.get(folder.id)
+        mark = self.watcher.recent_marks.get(folder.id, folder.recent_uid)
         if mark >= folder.uidnext:
             unclaimed = 0
         elif mark == 0:

@@ -60,9 +60,9 @@ def _bit_table(bit: int) -> bytes:
     return table
 
 
-def claim_recent(marks: RecentMarks, folder_id: int, uid: int) -> bool:
+def claim_recent(marks: RecentMarks, folder_id: int, uid: int, floor: int = 0) -> bool:
     """True if ``uid`` is recent for the caller (the first to ask about it)."""
-    return marks.claim(folder_id, uid + 1) <= uid
+    return marks.claim(folder_id, uid + 1, floor) <= uid
 
 
 class MailboxView:
@@ -81,7 +81,10 @@ class MailboxView:
         "pending_flags",
         "pending_new",
         "readonly",
+        "recent_floor",
         "recent_marks",
+        "recent_moved",
+        "recent_saved",
         "sizes",
         "uidnext",
         "uids",
@@ -91,6 +94,10 @@ class MailboxView:
     def __init__(self, cols: FolderColumns, *, readonly: bool, recent_marks: RecentMarks) -> None:
         f = cols.folder
         self.recent_marks = recent_marks
+        # The store's mark (where the live one starts after a restart), the mark
+        # this view moved the live one to, and what of that the store has been told.
+        self.recent_floor = self.recent_saved = f.recent_uid
+        self.recent_moved = 0
         self.folder_id = f.id
         self.name = f.name
         self.uidvalidity = f.uidvalidity
@@ -111,7 +118,10 @@ class MailboxView:
         self._flag_text: dict[tuple[int, str], str] = {}
         if not readonly and self.uids:
             # Only read-write selection claims \Recent (RFC 3501 §6.3.2).
-            mark = recent_marks.claim(self.folder_id, self.uids[-1] + 1)
+            upto = self.uids[-1] + 1
+            mark = recent_marks.claim(self.folder_id, upto, self.recent_floor)
+            if mark < upto:
+                self.recent_moved = upto
             start = bisect_left(self.uids, mark)
             self.flags[start:] = self.flags[start:].translate(_ADD_RECENT)
 
@@ -217,6 +227,14 @@ class MailboxView:
         self.uidnext = max(self.uidnext, f.uidnext)
         self.name = f.name
 
+    def recent_to_save(self) -> int:
+        """The mark this view moved and the store has not been told of (then
+        counted as told), or 0."""
+        if self.recent_moved <= self.recent_saved:
+            return 0
+        self.recent_saved = self.recent_moved
+        return self.recent_moved
+
     def take_new(self, *, claim: bool) -> int:
         """Append the pending new messages to the view; their count."""
         if not self.pending_new:
@@ -224,7 +242,11 @@ class MailboxView:
         items = sorted(self.pending_new.items())
         self.pending_new.clear()
         for uid, (bits, kw, modseq, size) in items:
-            recent = claim and not self.readonly and claim_recent(self.recent_marks, self.folder_id, uid)
+            recent = claim and not self.readonly and claim_recent(
+                self.recent_marks, self.folder_id, uid, self.recent_floor
+            )
+            if recent:
+                self.recent_moved = uid + 1
             self.uids.append(uid)
             self.flags.append(bits | (RECENT if recent else 0))
             self.modseqs.append(modseq)

@@ -13,8 +13,11 @@ memory map (``data_dir/run/recent``), and a claim is a read-modify-write under
 an ``flock`` of that file. The table is open-addressed by folder id; when every
 slot a folder may take is taken, the oldest claim in its probe range is
 replaced, and that folder's next claim may count some messages as recent
-again. Marks start again at 0 when the server starts (every message is then
-\\Recent to the first session), as they did in one process.
+again (down to the mark saved in the store at most).
+
+A moved mark is saved in the store as the folder's ``recent_uid`` by the
+session that moved it (never lowered, not fsync'd on its own); after a restart
+the marks start from there, so a message told of before is not \\Recent again.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ class RecentMarks:
     def __init__(self) -> None:
         self._marks: dict[int, int] = {}
 
-    def get(self, folder_id: int) -> int:
-        return self._marks.get(folder_id, 0)
+    def get(self, folder_id: int, floor: int = 0) -> int:
+        return max(self._marks.get(folder_id, 0), floor)
 
-    def claim(self, folder_id: int, upto: int) -> int:
-        """Move the folder's mark up to ``upto``; the mark as it was."""
-        old = self._marks.get(folder_id, 0)
+    def claim(self, folder_id: int, upto: int, floor: int = 0) -> int:
+        """Move the folder's mark up to ``upto``; the mark as it was. ``floor``:
+        the mark saved in the store (Folder.recent_uid), where it starts after
+        a restart."""
+        old = max(self._marks.get(folder_id, 0), floor)
         if upto > old:
             self._marks[folder_id] = upto
         return old
@@ -84,16 +89,16 @@ class SharedRecentMarks(RecentMarks):
                 oldest, oldest_mark = off, mark
         return oldest, False
 
-    def get(self, folder_id: int) -> int:
+    def get(self, folder_id: int, floor: int = 0) -> int:
         # Unlocked: STATUS RECENT's estimate may read a claim half made.
         off, found = self._find(folder_id)
-        return _SLOT.unpack_from(self._map, off)[1] if found else 0
+        return max(_SLOT.unpack_from(self._map, off)[1] if found else 0, floor)
 
-    def claim(self, folder_id: int, upto: int) -> int:
+    def claim(self, folder_id: int, upto: int, floor: int = 0) -> int:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             off, found = self._find(folder_id)
-            old = _SLOT.unpack_from(self._map, off)[1] if found else 0
+            old = max(_SLOT.unpack_from(self._map, off)[1] if found else 0, floor)
             if upto > old:
                 _SLOT.pack_into(self._map, off, folder_id, upto)
             return old

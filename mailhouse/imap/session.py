@@ -515,6 +515,7 @@ class IMAPSession(FolderCommands, MessageCommands):
             self.enable_condstore()
         view = MailboxView(cols, readonly=cmd.readonly, recent_marks=self.watcher.recent_marks)
         self.view = view
+        self.save_recent()
         self.state = "selected"
         self.dirty = False
         self.saved = None

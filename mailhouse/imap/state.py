@@ -10,6 +10,7 @@ The session never touches a socket: it writes through a :class:`SessionIO`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from mailhouse.imap.names import normalize
 from mailhouse.imap.parser import CommandParser
 from mailhouse.imap.utf7 import decode_mailbox_name
 from mailhouse.imap.watch import FolderWatcher
+from mailhouse.store.base import Store, StoreError
 from mailhouse.store.models import Account, Folder, FolderColumns
 
 logger = log.get("imap")
@@ -101,6 +103,13 @@ class SessionState:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def save_recent(self) -> None:
+        """Tell the store how far this session moved the view's \\Recent mark
+        (recent.py): where the marks start after a restart."""
+        view = self.view
+        if view is not None and (mark := view.recent_to_save()):
+            self.background(_note_recent(self.store, view.folder_id, mark))
 
     # -- capabilities of the moment ---------------------------------------------------------
 
@@ -246,6 +255,7 @@ class SessionState:
         if expunge_ok and view.gone:
             self.announce_removed(view.take_gone())
         new = view.take_new(claim=True)
+        self.save_recent()
         if new:
             self.emit(w.exists(view.count))
             if not self.rev2:
@@ -305,3 +315,8 @@ class SessionState:
         self.condstore = True
         self.enabled.add("CONDSTORE")
 
+
+async def _note_recent(store: Store, folder_id: int, mark: int) -> None:
+    # A mark the store missed only makes some messages \Recent again after a restart.
+    with contextlib.suppress(StoreError):
+        await store.note_recent(folder_id, mark)

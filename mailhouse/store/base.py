@@ -277,6 +277,11 @@ class Store(abc.ABC):
         """Add or remove a subscription to a name without a folder."""
 
     @abc.abstractmethod
+    async def note_recent(self, folder_id: int, mark: int) -> None:
+        """IMAP \\Recent: sessions have been told of the folder's UIDs below `mark`
+        (kept as Folder.recent_uid, never lowered). Need not be durable."""
+
+    @abc.abstractmethod
     async def note_first_read(
         self, queue_id: str, message_id: str | None, account: str, protocol: str
     ) -> bool:

@@ -78,6 +78,9 @@ class Folder:
     uidnext: int
     highestmodseq: int
     subscribed: bool
+    # IMAP \Recent: the first UID no session has been told of, as last saved
+    # (mailhouse.imap.recent holds the live mark; this is its floor after a restart).
+    recent_uid: int = 0
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,35 @@ def test_compress_deflate_over_tls(srv: MailServer) -> None:
     while b"d OK" not in out:
         out += inflate.decompress(_recv(sock))
     sock.close()
+
+
+def test_recent_is_not_given_again_after_a_restart(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A message one session was told of as \\Recent before a restart is not \\Recent
+    to the next session after it (the mark is kept in the store); one that
+    arrived since is, to exactly one session."""
+    s = MailServer(tmp_path_factory.mktemp("recent"), "recent.test", listeners=("smtp", "imap"))
+    s.cli("user", "add", "bob@recent.test", "--password", "pw")
+
+    def deliver(n: int) -> None:
+        with smtplib.SMTP("127.0.0.1", s.port("smtp"), timeout=10) as c:
+            c.sendmail("a@example.org", ["bob@recent.test"], b"Subject: r%d\r\n\r\nbody\r\n" % n)
+
+    def recent_on_select() -> tuple[int, bytes]:  # (RECENT at SELECT, STATUS RECENT just before)
+        m = imaplib.IMAP4("127.0.0.1", s.port("imap"), timeout=10)
+        m.starttls(tls_context())
+        m.login("bob@recent.test", "pw")
+        _, status = m.status("INBOX", "(RECENT)")
+        m.select("INBOX")
+        _, data = m.response("RECENT")
+        m.logout()
+        return int(data[0] or b"0"), status[0].rsplit(b"RECENT ", 1)[1].rstrip(b")")  # type: ignore[arg-type, union-attr]
+
+    with s:
+        deliver(1)
+        assert recent_on_select() == (1, b"1")
+        assert recent_on_select() == (0, b"0")
+    time.sleep(0.2)
+    with s:
+        deliver(2)
+        assert recent_on_select() == (1, b"1")  # the new one only
+        assert recent_on_select() == (0, b"0")

@@ -118,9 +118,11 @@ async def test_migration_reads_old_rows_as_utc(tmp_path: Path) -> None:
     acc = await store.add_account("bob@example.test", "h")
     await store.append(LocalTarget(acc.id, acc.address, acc.address), message(1), internal_date=1000.0)
     await store.close()
-    # Back to schema 7: no internal_tz column, the index of 0007.
+    # Back to schema 7: no internal_tz column, the index of 0007 (and none of
+    # what later migrations add that cannot be added twice).
     db = sqlite3.connect(data / "mailhouse.db")
     db.executescript(
+        "ALTER TABLE folders DROP COLUMN recent_uid;"
         "DROP INDEX messages_state; ALTER TABLE messages DROP COLUMN internal_tz;"
         "CREATE INDEX messages_state ON messages(folder_id, uid, flags, keywords, modseq, size, internal_date);"
         "PRAGMA user_version = 7;"

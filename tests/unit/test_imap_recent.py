@@ -16,6 +16,25 @@ def test_local_marks_claim_each_uid_once() -> None:
     assert m.get(8) == 0
 
 
+
+def test_marks_start_from_the_stored_floor() -> None:
+    """After a restart the live marks are empty: the folder's saved mark
+    (Folder.recent_uid) is where claims start, for both kinds of marks."""
+    m = RecentMarks()
+    assert m.get(7, floor=4) == 4
+    assert m.claim(7, 6, floor=4) == 4  # uids 4-5 only are this caller's
+    assert m.claim(7, 6, floor=4) == 6
+    assert m.claim(7, 5, floor=9) == 9  # a floor above the live mark wins
+
+
+def test_shared_marks_start_from_the_stored_floor(tmp_path: Path) -> None:
+    path = tmp_path / "recent"
+    SharedRecentMarks.create(path)
+    m = SharedRecentMarks(path)
+    assert m.get(7, floor=4) == 4
+    assert m.claim(7, 6, floor=4) == 4
+    assert SharedRecentMarks(path).claim(7, 6, floor=4) == 6
+
 def _claimer(path: str, folder: int, uids: int, out: multiprocessing.Queue[int]) -> None:
     marks = SharedRecentMarks(Path(path))
     won = 0

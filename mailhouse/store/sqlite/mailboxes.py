@@ -721,6 +721,14 @@ class MailboxStore(MessageStore):
         )
         await self._write(lambda c: c.execute(sql, (account_id, name)), directory=False)
 
+    async def note_recent(self, folder_id: int, mark: int) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE folders SET recent_uid = max(recent_uid, ?) WHERE id = ?", (mark, folder_id)
+            ),
+            durable=False, directory=False,
+        )
+
     async def note_first_read(
         self, queue_id: str, message_id: str | None, account: str, protocol: str
     ) -> bool:

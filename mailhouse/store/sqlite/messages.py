@@ -27,14 +27,15 @@ from .engine import Engine, _folder_name, _now, insert_rows
 class MessageStore(Engine):
     # ------------------------------------------------------------------ folders, messages
     _FOLDER_SQL = (
-        "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM folders"
+        "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed, recent_uid "
+        "FROM folders"
     )
 
     @staticmethod
     def _folder(r: tuple[Any, ...]) -> Folder:
         return Folder(
             id=r[0], account_id=r[1], name=r[2], special_use=r[3], uidvalidity=r[4], uidnext=r[5],
-            highestmodseq=r[6], subscribed=bool(r[7]),
+            highestmodseq=r[6], subscribed=bool(r[7]), recent_uid=r[8],
         )
 
     async def list_folders(self, account_id: int) -> list[Folder]:
